@@ -1,0 +1,110 @@
+//! Copy-on-write merge of changed rows into a committed partition.
+//!
+//! The new files of a partition are its old rows whose key was not changed, followed
+//! by the changed rows. They are written beside the old files under new names; the
+//! manifest switch makes them live, and only then are the old files deleted.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::BooleanArray;
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use futures::TryStreamExt;
+use object_store::path::Path;
+
+use super::watermark::key_strings;
+use crate::error::{Error, Result};
+use crate::lake::manifest::FileEntry;
+use crate::lake::writer::FileRoller;
+use crate::lake::Lake;
+
+/// Rows per batch when re-reading lake files.
+const READ_BATCH_ROWS: usize = 64 * 1024;
+
+/// What a merge wrote.
+pub struct Merged {
+    pub files: Vec<FileEntry>,
+    /// Old rows dropped because a changed row with the same key replaced them.
+    pub replaced_rows: u64,
+}
+
+/// Merges `changed` (object paths and sizes of staged files) into the partition
+/// made of `old` (its live files), writing through `out`.
+pub async fn merge_partition(
+    table: &str,
+    lake: &Lake,
+    schema: &SchemaRef,
+    key_columns: &[usize],
+    old: &[(Path, u64)],
+    changed: &[(Path, u64)],
+    mut out: FileRoller,
+) -> Result<Merged> {
+    let mut changed_keys: HashSet<Vec<String>> = HashSet::new();
+    for (path, size) in changed {
+        let mut batches = lake
+            .read_parquet(path.clone(), *size, READ_BATCH_ROWS)
+            .await?;
+        while let Some(batch) = batches.try_next().await? {
+            changed_keys
+                .extend(key_strings(&batch, key_columns).map_err(|e| Error::capture(table, e))?);
+        }
+    }
+    let mut replaced_rows = 0u64;
+    for (path, size) in old {
+        let mut batches = lake
+            .read_parquet(path.clone(), *size, READ_BATCH_ROWS)
+            .await?;
+        while let Some(batch) = batches.try_next().await? {
+            let batch = conform(table, schema, batch)?;
+            let keys = key_strings(&batch, key_columns).map_err(|e| Error::capture(table, e))?;
+            let keep: BooleanArray = keys
+                .iter()
+                .map(|k| Some(!changed_keys.contains(k)))
+                .collect();
+            let kept = filter_record_batch(&batch, &keep).map_err(|e| Error::capture(table, e))?;
+            replaced_rows += (batch.num_rows() - kept.num_rows()) as u64;
+            out.write(&kept).await?;
+        }
+    }
+    for (path, size) in changed {
+        let mut batches = lake
+            .read_parquet(path.clone(), *size, READ_BATCH_ROWS)
+            .await?;
+        while let Some(batch) = batches.try_next().await? {
+            out.write(&conform(table, schema, batch)?).await?;
+        }
+    }
+    Ok(Merged {
+        files: out.finish().await?,
+        replaced_rows,
+    })
+}
+
+/// Gives a batch read back from Parquet the exact schema of the writer (field
+/// metadata and nullability may differ); different names or types are an error.
+pub fn conform(table: &str, schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
+    if batch.schema().as_ref() == schema.as_ref() {
+        return Ok(batch);
+    }
+    let same_shape = batch.num_columns() == schema.fields().len()
+        && batch
+            .schema()
+            .fields()
+            .iter()
+            .zip(schema.fields())
+            .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+    if !same_shape {
+        return Err(Error::capture(
+            table,
+            format!(
+                "the lake's files have columns {:?} but the source now has {:?}; the schema changed (run with a new table name, or delete the table's folder to rebuild it)",
+                crate::lake::manifest::columns_of(&batch.schema()).iter().map(|c| format!("{} {}", c.name, c.arrow_type)).collect::<Vec<_>>(),
+                crate::lake::manifest::columns_of(schema).iter().map(|c| format!("{} {}", c.name, c.arrow_type)).collect::<Vec<_>>(),
+            ),
+        ));
+    }
+    RecordBatch::try_new(Arc::clone(schema), batch.columns().to_vec())
+        .map_err(|e| Error::capture(table, e))
+}

@@ -1,0 +1,5 @@
+//! Change capture: which source rows a run reads, and how the lake's partitions
+//! absorb them.
+
+pub mod merge;
+pub mod watermark;

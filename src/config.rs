@@ -1,0 +1,364 @@
+//! The pipeline file: sources, lake, warehouse and tables, as documented serde structs.
+//!
+//! Loading is three steps, each with its own errors: parse the TOML, replace `${VAR}`
+//! in every string value from the environment, then [`Config::validate`] the result
+//! before any I/O happens.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// A whole pipeline file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the Parquet files and the pipeline state live.
+    pub lake: LakeConfig,
+    /// Named source databases; tables refer to them by name.
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// The ClickHouse warehouse the lake is loaded into. Optional: without it sluice
+    /// stops after committing the lake.
+    #[serde(default)]
+    pub clickhouse: Option<ClickHouseConfig>,
+    /// The tables to move, in the order they run.
+    #[serde(default, rename = "table")]
+    pub tables: Vec<TableConfig>,
+}
+
+/// The lake: a local folder or an S3 bucket with an optional prefix.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LakeConfig {
+    /// `s3://bucket/prefix` or a local path (relative paths are relative to the
+    /// config file). For S3 the endpoint, region and keys come from the standard
+    /// `AWS_*` environment variables (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`).
+    pub url: String,
+    /// Target size of one Parquet file in bytes; a partition larger than this is
+    /// written as several files.
+    #[serde(default = "default_target_file_bytes")]
+    pub target_file_bytes: usize,
+    /// Rows per Parquet row group.
+    #[serde(default = "default_row_group_rows")]
+    pub row_group_rows: usize,
+}
+
+fn default_target_file_bytes() -> usize {
+    128 * 1024 * 1024
+}
+
+fn default_row_group_rows() -> usize {
+    256 * 1024
+}
+
+/// The kinds of source sluice reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// PostgreSQL, read with connectorx's binary protocol.
+    Postgres,
+    /// MySQL or MariaDB, read with connectorx.
+    Mysql,
+    /// A SQLite file, read with connectorx (the embedded demo).
+    Sqlite,
+}
+
+/// One source database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// What kind of database this is.
+    pub kind: SourceKind,
+    /// Connection URL, e.g. `postgres://user:${PGPASSWORD}@host:5432/db`. The
+    /// password is never logged.
+    pub url: String,
+}
+
+/// The ClickHouse warehouse.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// HTTP interface URL, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// Database the tables are created in (created if missing).
+    pub database: String,
+    /// User name.
+    #[serde(default = "default_clickhouse_user")]
+    pub user: String,
+    /// Password; use `${VAR}` to take it from the environment.
+    #[serde(default)]
+    pub password: String,
+    /// The lake's S3 endpoint *as ClickHouse sees it*, e.g. `http://minio:9000` in
+    /// docker-compose. Defaults to `AWS_ENDPOINT`.
+    #[serde(default)]
+    pub s3_endpoint: Option<String>,
+}
+
+fn default_clickhouse_user() -> String {
+    "default".to_string()
+}
+
+/// One table to move.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Name in the lake and in ClickHouse.
+    pub name: String,
+    /// Name of an entry in `[sources]`.
+    pub source: String,
+    /// Source table, optionally schema-qualified (`public.transactions`). Exactly one
+    /// of `source_table` and `query` is set.
+    #[serde(default)]
+    pub source_table: Option<String>,
+    /// A `SELECT` to read instead of a table.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Column whose value grows whenever a row is inserted or updated
+    /// (`updated_at`); rows are read with `cursor >= last watermark`.
+    pub cursor: String,
+    /// Columns that identify a row; re-read and updated rows replace older
+    /// versions by this key.
+    pub key: Vec<String>,
+    /// Date or timestamp column whose day names the partition
+    /// (`<col>=YYYY-MM-DD/`). Must not change once a row exists (a creation time).
+    pub partition_by: String,
+    /// ClickHouse TTL: rows whose partition day is older than this many days are
+    /// deleted by ClickHouse and not loaded.
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+    /// Rows per Arrow batch read from the source.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+}
+
+fn default_batch_rows() -> usize {
+    64 * 1024
+}
+
+impl Config {
+    /// Reads, interpolates and validates a pipeline file.
+    pub fn load(path: &Path) -> Result<(Config, PathBuf), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Self::from_toml(&text, &|name| std::env::var(name).ok())?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok((config, base))
+    }
+
+    /// Parses TOML text, replacing `${VAR}` in string values through `env`.
+    pub fn from_toml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        interpolate(&mut value, env)?;
+        let config: Config = value
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rejects impossible combinations before any I/O.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |table: &str, field: &str, reason: String| ConfigError::Invalid {
+            table: table.to_string(),
+            field: field.to_string(),
+            reason,
+        };
+        if self.lake.url.trim().is_empty() {
+            return Err(invalid("-", "lake.url", "is empty".into()));
+        }
+        if self.lake.row_group_rows == 0 || self.lake.target_file_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "-",
+                "lake",
+                "row_group_rows must be > 0 and target_file_bytes at least 1 MiB".into(),
+            ));
+        }
+        if let Some(ch) = &self.clickhouse {
+            if ch.database.is_empty() {
+                return Err(invalid("-", "clickhouse.database", "is empty".into()));
+            }
+            if !self.lake.url.starts_with("s3://") {
+                return Err(invalid(
+                    "-",
+                    "clickhouse",
+                    "ClickHouse loads read the lake through s3(); set lake.url to s3://bucket/prefix or remove [clickhouse]".into(),
+                ));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &self.tables {
+            if t.name.is_empty() || t.name.contains('/') || t.name.starts_with('_') {
+                return Err(invalid(
+                    &t.name,
+                    "name",
+                    "must be non-empty, without '/', and not start with '_'".into(),
+                ));
+            }
+            if !seen.insert(t.name.as_str()) {
+                return Err(invalid(&t.name, "name", "appears twice".into()));
+            }
+            if !self.sources.contains_key(&t.source) {
+                return Err(invalid(
+                    &t.name,
+                    "source",
+                    format!("no source named {:?} in [sources]", t.source),
+                ));
+            }
+            match (&t.source_table, &t.query) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => {
+                    return Err(invalid(
+                        &t.name,
+                        "source_table/query",
+                        "set exactly one of them".into(),
+                    ))
+                }
+            }
+            if t.key.is_empty() {
+                return Err(invalid(
+                    &t.name,
+                    "key",
+                    "at least one key column is needed to replace updated rows".into(),
+                ));
+            }
+            if t.cursor.is_empty() || t.partition_by.is_empty() {
+                return Err(invalid(
+                    &t.name,
+                    "cursor/partition_by",
+                    "must name columns".into(),
+                ));
+            }
+            if t.batch_rows == 0 {
+                return Err(invalid(&t.name, "batch_rows", "must be > 0".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The table named `name`.
+    pub fn table(&self, name: &str) -> Option<&TableConfig> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+}
+
+/// Replaces `${VAR}` in every string of the document; `$$` is a literal `$`.
+fn interpolate(
+    value: &mut toml::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(s) => *s = interpolate_str(s, env)?,
+        toml::Value::Array(items) => {
+            for item in items {
+                interpolate(item, env)?;
+            }
+        }
+        toml::Value::Table(table) => {
+            for (_, item) in table.iter_mut() {
+                interpolate(item, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn interpolate_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(idx) = rest.find('$') {
+        out.push_str(&rest[..idx]);
+        let after = &rest[idx + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| ConfigError::Parse(format!("unclosed ${{ in {:?}", s)))?;
+            let name = &body[..end];
+            let value = env(name).ok_or_else(|| ConfigError::MissingEnv(name.to_string()))?;
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [lake]
+        url = "s3://lake/prefix"
+
+        [sources.pg]
+        kind = "postgres"
+        url = "postgres://u:${PGPASS}@localhost/db"
+
+        [clickhouse]
+        url = "http://localhost:8123"
+        database = "analytics"
+
+        [[table]]
+        name = "transactions"
+        source = "pg"
+        source_table = "public.transactions"
+        cursor = "updated_at"
+        key = ["id"]
+        partition_by = "created_at"
+    "#;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "PGPASS").then(|| "s3cret".to_string())
+    }
+
+    #[test]
+    fn parses_and_interpolates() {
+        let c = Config::from_toml(MINIMAL, &env).unwrap();
+        assert_eq!(c.sources["pg"].url, "postgres://u:s3cret@localhost/db");
+        assert_eq!(c.tables[0].batch_rows, default_batch_rows());
+    }
+
+    #[test]
+    fn missing_env_is_named() {
+        let err = Config::from_toml(MINIMAL, &|_| None).unwrap_err();
+        assert_eq!(err.to_string(), "environment variable PGPASS is not set");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let text = MINIMAL.replace("cursor = ", "cursr = \"x\"\ncursor = ");
+        let err = Config::from_toml(&text, &env).unwrap_err().to_string();
+        assert!(err.contains("unknown field `cursr`"), "{err}");
+    }
+
+    #[test]
+    fn table_without_key_is_rejected() {
+        let text = MINIMAL.replace("key = [\"id\"]", "key = []");
+        let err = Config::from_toml(&text, &env).unwrap_err().to_string();
+        assert!(err.contains("transactions") && err.contains("key"), "{err}");
+    }
+
+    #[test]
+    fn dollar_escapes() {
+        assert_eq!(interpolate_str("a$$b$c", &env).unwrap(), "a$b$c");
+    }
+}

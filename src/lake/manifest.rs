@@ -1,0 +1,122 @@
+//! The per-table manifest: which files are live, their row counts, the schema and
+//! the capture state. Plain JSON at `<table>/_manifest.json`, readable without sluice.
+//!
+//! The manifest is the commit point of the lake. It is replaced with a single PUT
+//! (atomic on S3 and, through a rename, on a local folder), so a reader sees either
+//! the old set of files or the new one, never a half-written partition.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use arrow::datatypes::Schema;
+use serde::{Deserialize, Serialize};
+
+use crate::capture::watermark::CursorValue;
+
+/// Version of this file's layout.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The state of one lake table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub table: String,
+    /// Column whose day names the partition folders (`<col>=YYYY-MM-DD`).
+    pub partition_column: String,
+    pub key: Vec<String>,
+    /// Increments with every commit.
+    pub version: u64,
+    /// The run that made this version.
+    pub run_id: String,
+    /// When this version was committed (RFC 3339, UTC).
+    pub committed_at: String,
+    /// Column names and Arrow types of the files.
+    pub schema: Vec<ColumnEntry>,
+    /// Live files by partition day (`YYYY-MM-DD`).
+    pub partitions: BTreeMap<String, PartitionEntry>,
+    /// Capture position: the largest cursor value loaded into the warehouse (or into
+    /// the lake when there is no warehouse).
+    pub watermark: Option<CursorValue>,
+    /// Keys of the rows loaded at exactly `watermark`; they are skipped when read
+    /// again.
+    #[serde(default)]
+    pub boundary_keys: Vec<Vec<String>>,
+    /// Partition days committed to the lake but not yet loaded into the warehouse.
+    #[serde(default)]
+    pub pending_warehouse: BTreeSet<String>,
+}
+
+/// One column of the table's schema.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ColumnEntry {
+    pub name: String,
+    /// The Arrow type, as Arrow displays it (`Int64`, `Timestamp(µs, "+00:00")`).
+    pub arrow_type: String,
+    pub nullable: bool,
+}
+
+/// The live files of one partition.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PartitionEntry {
+    pub rows: u64,
+    pub files: Vec<FileEntry>,
+}
+
+/// One live Parquet file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileEntry {
+    /// Path relative to the table folder, e.g. `created_at=2026-11-25/part-….parquet`.
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+impl Manifest {
+    /// An empty manifest for a table seen for the first time.
+    pub fn new(table: &str, partition_column: &str, key: &[String]) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            table: table.to_string(),
+            partition_column: partition_column.to_string(),
+            key: key.to_vec(),
+            version: 0,
+            run_id: String::new(),
+            committed_at: String::new(),
+            schema: Vec::new(),
+            partitions: BTreeMap::new(),
+            watermark: None,
+            boundary_keys: Vec::new(),
+            pending_warehouse: BTreeSet::new(),
+        }
+    }
+
+    /// Every live file path, relative to the table folder.
+    pub fn live_files(&self) -> BTreeSet<&str> {
+        self.partitions
+            .values()
+            .flat_map(|p| p.files.iter().map(|f| f.path.as_str()))
+            .collect()
+    }
+
+    /// Total rows in the table.
+    pub fn rows(&self) -> u64 {
+        self.partitions.values().map(|p| p.rows).sum()
+    }
+
+    /// Records `schema` as the table's schema.
+    pub fn set_schema(&mut self, schema: &Schema) {
+        self.schema = columns_of(schema);
+    }
+}
+
+/// The manifest form of an Arrow schema.
+pub fn columns_of(schema: &Schema) -> Vec<ColumnEntry> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| ColumnEntry {
+            name: f.name().clone(),
+            arrow_type: f.data_type().to_string(),
+            nullable: f.is_nullable(),
+        })
+        .collect()
+}

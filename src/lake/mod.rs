@@ -1,0 +1,288 @@
+//! The lake: date-partitioned Parquet on an object store (S3 or a local folder),
+//! with a manifest per table as the commit point and the pipeline state beside the
+//! data, so that any machine can continue the job.
+//!
+//! Layout under the lake root:
+//!
+//! ```text
+//! <table>/_manifest.json                          live files, schema, watermark
+//! <table>/<partition_col>=YYYY-MM-DD/part-*.parquet
+//! _sluice/staging/<table>/<run_id>/…              changed rows awaiting a merge
+//! _sluice/runs/<run_id>.json                      run reports
+//! ```
+
+pub mod manifest;
+pub mod writer;
+
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+
+use crate::config::LakeConfig;
+use crate::error::{Error, Result};
+use manifest::Manifest;
+
+/// Name of the manifest object inside a table folder.
+pub const MANIFEST_FILE: &str = "_manifest.json";
+
+/// Where the lake is, for tools outside sluice (ClickHouse's `s3()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LakeLocation {
+    S3 { bucket: String, prefix: String },
+    Local { root: std::path::PathBuf },
+}
+
+/// A handle on the lake.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    store: Arc<dyn ObjectStore>,
+    /// Prefix inside the store under which every table lives.
+    root: Path,
+    location: LakeLocation,
+    pub target_file_bytes: usize,
+    pub row_group_rows: usize,
+}
+
+impl Lake {
+    /// Opens the lake named by the config; `base` resolves relative local paths.
+    pub fn open(config: &LakeConfig, base: &FsPath) -> Result<Self> {
+        let (store, root, location): (Arc<dyn ObjectStore>, Path, LakeLocation) =
+            if let Some(rest) = config.url.strip_prefix("s3://") {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(Error::lake(format!(
+                        "lake.url {:?} names no bucket",
+                        config.url
+                    )));
+                }
+                if let Ok(secret) = std::env::var("AWS_SECRET_ACCESS_KEY") {
+                    crate::error::register_secret(&secret);
+                }
+                let store = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()
+                    .map_err(|e| Error::lake(format!("S3 lake {bucket}: {e}")))?;
+                let prefix = prefix.trim_matches('/').to_string();
+                (
+                    Arc::new(store),
+                    Path::from(prefix.as_str()),
+                    LakeLocation::S3 {
+                        bucket: bucket.to_string(),
+                        prefix,
+                    },
+                )
+            } else {
+                let path = config
+                    .url
+                    .strip_prefix("file://")
+                    .unwrap_or(config.url.as_str());
+                let path = base.join(path);
+                std::fs::create_dir_all(&path).map_err(|e| {
+                    Error::lake(format!("cannot create lake folder {}: {e}", path.display()))
+                })?;
+                let root = path
+                    .canonicalize()
+                    .map_err(|e| Error::lake(format!("lake folder {}: {e}", path.display())))?;
+                let store = LocalFileSystem::new_with_prefix(&root)
+                    .map_err(|e| Error::lake(format!("lake folder {}: {e}", root.display())))?
+                    .with_automatic_cleanup(true);
+                (
+                    Arc::new(store),
+                    Path::default(),
+                    LakeLocation::Local { root },
+                )
+            };
+        Ok(Self {
+            store,
+            root,
+            location,
+            target_file_bytes: config.target_file_bytes,
+            row_group_rows: config.row_group_rows,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn location(&self) -> &LakeLocation {
+        &self.location
+    }
+
+    /// `relative` (slash-separated) under the lake root.
+    pub fn path(&self, relative: &str) -> Path {
+        let mut path = self.root.clone();
+        for part in relative.split('/').filter(|p| !p.is_empty()) {
+            path = path.join(part);
+        }
+        path
+    }
+
+    /// The folder of `table`.
+    pub fn table_path(&self, table: &str) -> Path {
+        self.path(table)
+    }
+
+    /// Reads the manifest of `table`, or `None` for a table never committed.
+    pub async fn read_manifest(&self, table: &str) -> Result<Option<Manifest>> {
+        let path = self.table_path(table).join(MANIFEST_FILE);
+        match self.store.get(&path).await {
+            Ok(result) => {
+                let bytes = result.bytes().await?;
+                let manifest = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::lake(format!("{path} is not a sluice manifest: {e}")))?;
+                Ok(Some(manifest))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::lake(format!("reading {path}: {e}"))),
+        }
+    }
+
+    /// Replaces the manifest of its table in one PUT: the lake's commit point.
+    pub async fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
+        let path = self.table_path(&manifest.table).join(MANIFEST_FILE);
+        let json = serde_json::to_vec_pretty(manifest)
+            .map_err(|e| Error::lake(format!("encoding manifest: {e}")))?;
+        self.store
+            .put(&path, PutPayload::from(json))
+            .await
+            .map_err(|e| Error::lake(format!("committing {path}: {e}")))?;
+        Ok(())
+    }
+
+    /// Writes any JSON document (a run report) to `relative`.
+    pub async fn put_json(&self, relative: &str, value: &serde_json::Value) -> Result<()> {
+        let json = serde_json::to_vec_pretty(value)
+            .map_err(|e| Error::lake(format!("encoding {relative}: {e}")))?;
+        self.store
+            .put(&self.path(relative), PutPayload::from(json))
+            .await?;
+        Ok(())
+    }
+
+    /// Every object under `relative`, as paths relative to it.
+    pub async fn list(&self, relative: &str) -> Result<Vec<(String, u64)>> {
+        let prefix = self.path(relative);
+        let objects: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        Ok(objects
+            .into_iter()
+            .filter_map(|meta| {
+                let rel = meta
+                    .location
+                    .prefix_match(&prefix)?
+                    .map(|p| p.as_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                Some((rel, meta.size))
+            })
+            .collect())
+    }
+
+    /// Deletes objects under the table folder, by path relative to it.
+    pub async fn delete_files<'a>(
+        &self,
+        table: &str,
+        relative: impl IntoIterator<Item = &'a str>,
+    ) -> Result<usize> {
+        let base = self.table_path(table);
+        let mut deleted = 0;
+        for rel in relative {
+            let path = rel.split('/').fold(base.clone(), |p, part| p.join(part));
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                Err(e) => return Err(Error::lake(format!("deleting {path}: {e}"))),
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Streams the record batches of one Parquet object of `size` bytes.
+    pub async fn read_parquet(
+        &self,
+        path: Path,
+        size: u64,
+        batch_rows: usize,
+    ) -> Result<impl Stream<Item = Result<RecordBatch>> + Send + use<>> {
+        let reader = LakeFileReader {
+            store: Arc::clone(&self.store),
+            path: path.clone(),
+            size,
+        };
+        let stream = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| Error::lake(format!("opening {path}: {e}")))?
+            .with_batch_size(batch_rows)
+            .build()
+            .map_err(|e| Error::lake(format!("reading {path}: {e}")))?;
+        Ok(stream.map(move |b| b.map_err(Error::from)))
+    }
+}
+
+/// Reads a Parquet object of known size with ranged GETs (the size comes from the
+/// manifest, so no suffix request is needed: not every S3 server supports them).
+struct LakeFileReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+}
+
+fn external(e: object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for LakeFileReader {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(external)
+        }
+        .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(external)
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,21 @@
+//! sluice: nightly lakehouse ETL.
+//!
+//! Sources (PostgreSQL, MySQL, SQLite through connectorx) are read into Arrow
+//! batches, captured incrementally on a watermark, staged as date-partitioned
+//! Parquet in a lake (S3 or a local folder) committed through a per-table manifest,
+//! and loaded into ClickHouse partition by partition.
+//!
+//! The modules follow the data: [`source`] → [`capture`] → [`lake`] → [`warehouse`],
+//! driven by [`run`] from a [`config`] file.
+
+pub mod capture;
+pub mod config;
+pub mod error;
+pub mod lake;
+pub mod run;
+pub mod source;
+pub mod warehouse;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use run::{run, RunOptions, RunReport, TableReport};

@@ -1,0 +1,152 @@
+//! The `sluice` command line: parses arguments, calls the library, maps errors to
+//! exit codes (see README.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice::error::redact;
+use sluice::{Config, Error, RunOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Nightly lakehouse ETL: databases → Parquet lake → ClickHouse"
+)]
+struct Cli {
+    /// Only warnings and errors on stderr.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline: extract what changed, commit it to the lake, load ClickHouse.
+    Run {
+        /// The pipeline file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Run only this table (repeatable).
+        #[arg(long = "table", short)]
+        tables: Vec<String>,
+    },
+    /// Show the committed state of every table: watermark, partitions, rows.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// Print each table's manifest summary.
+    Show {
+        /// The pipeline file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.quiet);
+    // Panics inside connectorx's reader threads are turned into errors; keep their
+    // messages (which may quote driver errors) out of stderr except when debugging.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::debug!(panic = %redact(&info.to_string()), "Thread panicked.");
+    }));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", redact(&e.to_string()));
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<(), Error> {
+    match command {
+        Command::Run { config, tables } => {
+            let (config, base) = Config::load(&config)?;
+            let report = sluice::run(&config, &base, &RunOptions { tables }).await?;
+            print!("{}", redact(&summary(&report)));
+            Ok(())
+        }
+        Command::State {
+            command: StateCommand::Show { config },
+        } => {
+            let (config, base) = Config::load(&config)?;
+            let lake = sluice::lake::Lake::open(&config.lake, &base)?;
+            for table in &config.tables {
+                match lake.read_manifest(&table.name).await? {
+                    None => println!("{}: never committed", table.name),
+                    Some(m) => {
+                        let wm = m
+                            .watermark
+                            .map(|w| w.to_string())
+                            .unwrap_or_else(|| "-".into());
+                        println!(
+                            "{}: version {}, {} rows in {} partitions, watermark {}, pending ClickHouse loads: {}",
+                            m.table,
+                            m.version,
+                            m.rows(),
+                            m.partitions.len(),
+                            wm,
+                            if m.pending_warehouse.is_empty() { "none".to_string() } else { m.pending_warehouse.iter().cloned().collect::<Vec<_>>().join(", ") }
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn summary(report: &sluice::RunReport) -> String {
+    let mut out = format!("run {}\n", report.run_id);
+    out.push_str(&format!(
+        "{:<24} {:>10} {:>10} {:>10} {:>8} {:>10} {:>8}  watermark\n",
+        "table", "read", "changed", "skipped", "parts", "loaded", "seconds"
+    ));
+    for t in &report.tables {
+        out.push_str(&format!(
+            "{:<24} {:>10} {:>10} {:>10} {:>8} {:>10} {:>8.2}  {}\n",
+            t.table,
+            t.rows_read,
+            t.rows_changed,
+            t.rows_skipped,
+            t.partitions_written.len(),
+            t.rows_loaded,
+            t.seconds,
+            t.watermark_after.as_deref().unwrap_or("-")
+        ));
+        for w in &t.warnings {
+            out.push_str(&format!("  warning: {w}\n"));
+        }
+    }
+    out
+}
+
+fn init_logging(quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("sluice={default},warn")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,556 @@
+//! One nightly run: for each table, extract what changed, commit it to the lake,
+//! load the touched partitions into ClickHouse, then advance the watermark.
+//!
+//! The order is what makes reruns and crashes safe:
+//!
+//! 1. new Parquet files are written under fresh names (invisible: not in the manifest);
+//! 2. the manifest is replaced in one PUT: the lake now shows the new files, and the
+//!    touched days are recorded as `pending_warehouse`;
+//! 3. replaced files are deleted;
+//! 4. each pending day is loaded into ClickHouse with `REPLACE PARTITION` and its
+//!    row count checked;
+//! 5. the manifest is replaced again with the new watermark and no pending days.
+//!
+//! A crash before 2 leaves orphan files that the next run deletes; a crash after 2
+//! makes the next run re-read from the old watermark, which merges by key (no
+//! duplicates) and loads the pending days again (replace, not append).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path as FsPath;
+use std::time::Instant;
+
+use arrow::datatypes::SchemaRef;
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use serde::Serialize;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::capture::merge::{conform, merge_partition};
+use crate::capture::watermark::{extract_query, CursorColumn, CursorValue, WatermarkTracker};
+use crate::config::{Config, TableConfig};
+use crate::error::{register_url_secret, Error, Result};
+use crate::lake::manifest::{FileEntry, Manifest, PartitionEntry};
+use crate::lake::writer::{day_string, parse_day, split_by_day, FileRoller};
+use crate::lake::Lake;
+use crate::source::sql::Dialect;
+use crate::warehouse::Warehouse;
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Only these tables (all when empty).
+    pub tables: Vec<String>,
+}
+
+/// What one table's run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TableReport {
+    pub table: String,
+    /// Rows the source returned.
+    pub rows_read: u64,
+    /// Rows read again at the old watermark and dropped as already loaded.
+    pub rows_skipped: u64,
+    /// Rows written to the lake (inserts and updates).
+    pub rows_changed: u64,
+    /// Old lake rows replaced by a newer version of the same key.
+    pub rows_replaced: u64,
+    pub partitions_written: Vec<String>,
+    pub files_written: usize,
+    pub bytes_written: u64,
+    /// Days loaded into ClickHouse, and the rows now in them.
+    pub partitions_loaded: Vec<String>,
+    pub rows_loaded: u64,
+    pub watermark_before: Option<String>,
+    pub watermark_after: Option<String>,
+    pub lake_rows: u64,
+    pub seconds: f64,
+    pub warnings: Vec<String>,
+}
+
+/// What a whole run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub run_id: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub tables: Vec<TableReport>,
+    pub error: Option<String>,
+}
+
+/// Runs the pipeline. On a table's failure the run stops there and returns the
+/// error; the tables before it stay committed.
+pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result<RunReport> {
+    if let Some(unknown) = options.tables.iter().find(|t| config.table(t).is_none()) {
+        return Err(Error::Config(crate::error::ConfigError::Invalid {
+            table: unknown.clone(),
+            field: "--table".into(),
+            reason: "is not a table of this config".into(),
+        }));
+    }
+    for source in config.sources.values() {
+        register_url_secret(&source.url);
+    }
+    let lake = Lake::open(&config.lake, base)?;
+    let warehouse = match &config.clickhouse {
+        Some(ch) => Some(Warehouse::new(ch, &lake)?),
+        None => None,
+    };
+    let started = chrono::Utc::now();
+    let run_id = format!(
+        "{}-{}",
+        started.format("%Y%m%dT%H%M%SZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    info!(run_id = %run_id, "Run started.");
+    let mut report = RunReport {
+        run_id: run_id.clone(),
+        started_at: started.to_rfc3339(),
+        finished_at: String::new(),
+        tables: Vec::new(),
+        error: None,
+    };
+    let mut failure = None;
+    for table in &config.tables {
+        if !options.tables.is_empty() && !options.tables.contains(&table.name) {
+            continue;
+        }
+        let span = info_span!("table", table = %table.name);
+        let ctx = TableRun {
+            config,
+            table,
+            lake: &lake,
+            warehouse: warehouse.as_ref(),
+            run_id: &run_id,
+        };
+        match ctx.run().instrument(span).await {
+            Ok(table_report) => report.tables.push(table_report),
+            Err(e) => {
+                report.error = Some(e.to_string());
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    report.finished_at = chrono::Utc::now().to_rfc3339();
+    let json = serde_json::to_value(&report).map_err(|e| Error::lake(e.to_string()))?;
+    if let Err(e) = lake
+        .put_json(&format!("_sluice/runs/{run_id}.json"), &json)
+        .await
+    {
+        warn!(error = %e, "Could not store the run report.");
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+struct TableRun<'a> {
+    config: &'a Config,
+    table: &'a TableConfig,
+    lake: &'a Lake,
+    warehouse: Option<&'a Warehouse>,
+    run_id: &'a str,
+}
+
+/// Files written for one day during the extract.
+enum DayOutput {
+    /// The day had no files: these are its final files.
+    New(Vec<FileEntry>),
+    /// The day had files: these staged files must be merged into them.
+    Staged(Vec<FileEntry>),
+}
+
+impl TableRun<'_> {
+    async fn run(&self) -> Result<TableReport> {
+        let started = Instant::now();
+        let t = self.table;
+        let name = t.name.as_str();
+        let mut report = TableReport {
+            table: t.name.clone(),
+            ..Default::default()
+        };
+        let manifest = match self.lake.read_manifest(name).await? {
+            Some(m) => {
+                if m.partition_column != t.partition_by || m.key != t.key {
+                    return Err(Error::capture(
+                        name,
+                        format!(
+                            "the lake's table was built with partition_by = {:?} and key = {:?}; the config now says {:?} and {:?} (delete the table's folder to rebuild it)",
+                            m.partition_column, m.key, t.partition_by, t.key
+                        ),
+                    ));
+                }
+                m
+            }
+            None => Manifest::new(name, &t.partition_by, &t.key),
+        };
+        report.watermark_before = manifest.watermark.map(|w| w.to_string());
+        self.remove_orphans(&manifest).await?;
+
+        let source = &self.config.sources[&t.source];
+        let dialect = Dialect::from(source.kind);
+        let base = match (&t.source_table, &t.query) {
+            (Some(table), _) => format!("SELECT * FROM {}", dialect.table(table)),
+            (None, Some(query)) => query.trim().trim_end_matches(';').to_string(),
+            (None, None) => unreachable!("validated: one of source_table and query"),
+        };
+        let sql = extract_query(
+            dialect,
+            &base,
+            &t.cursor,
+            &t.partition_by,
+            manifest.watermark.as_ref(),
+        );
+        info!(from = ?report.watermark_before, "Extract started.");
+        let stream = crate::source::sql::read(name, &source.url, sql, t.batch_rows).await?;
+        let schema = stream.schema.clone();
+        let (cursor, key_columns, partition_column) = self.check_columns(&schema, &manifest)?;
+        let mut tracker = WatermarkTracker::new(
+            cursor,
+            key_columns.clone(),
+            manifest.watermark,
+            &manifest.boundary_keys,
+        );
+
+        // Extract: one open writer at a time, since rows arrive ordered by day.
+        let mut outputs: BTreeMap<i32, DayOutput> = BTreeMap::new();
+        let mut open: Option<(i32, FileRoller)> = None;
+        let mut rollers = 0usize;
+        let mut batches = stream.batches;
+        while let Some(batch) = batches.next().await {
+            let batch = batch?;
+            report.rows_read += batch.num_rows() as u64;
+            let batch = tracker
+                .observe(batch)
+                .map_err(|e| Error::capture(name, e))?;
+            let batch = conform(name, &schema, batch)?;
+            let slices = split_by_day(&batch, partition_column, &t.partition_by)
+                .map_err(|e| Error::capture(name, e))?;
+            for slice in slices {
+                if open.as_ref().map(|(d, _)| *d) != Some(slice.day) {
+                    if let Some((day, roller)) = open.take() {
+                        self.close_day(&mut outputs, day, roller, &manifest).await?;
+                    }
+                    let roller = self.open_day(slice.day, &manifest, &schema, rollers);
+                    rollers += 1;
+                    open = Some((slice.day, roller));
+                }
+                let (_, roller) = open.as_mut().expect("opened above");
+                report.rows_changed += slice.batch.num_rows() as u64;
+                roller.write(&slice.batch).await?;
+            }
+        }
+        if let Some((day, roller)) = open.take() {
+            self.close_day(&mut outputs, day, roller, &manifest).await?;
+        }
+        report.rows_skipped = tracker.skipped;
+        if tracker.null_cursor_rows > 0 {
+            report.warnings.push(format!(
+                "{} row(s) have a NULL {}: they are loaded now but later changes to them are not seen",
+                tracker.null_cursor_rows, t.cursor
+            ));
+        }
+        let (new_watermark, new_boundary) = tracker.finish();
+        if let (Some(old), Some(new)) = (manifest.watermark, new_watermark) {
+            if new < old {
+                report
+                    .warnings
+                    .push(format!("cursor went backwards: {new} < {old}"));
+            }
+        }
+        info!(
+            rows_read = report.rows_read,
+            rows_changed = report.rows_changed,
+            rows_skipped = report.rows_skipped,
+            "Extract finished."
+        );
+
+        // Merge staged days into their committed files, then build the next manifest.
+        let mut next = manifest.clone();
+        let mut replaced_files: Vec<String> = Vec::new();
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        for (day, output) in outputs {
+            let day_name = day_string(day);
+            let files = match output {
+                DayOutput::New(files) => files,
+                DayOutput::Staged(staged) => {
+                    let old = manifest
+                        .partitions
+                        .get(&day_name)
+                        .cloned()
+                        .unwrap_or_default();
+                    let table_dir = self.lake.table_path(name);
+                    let old_paths: Vec<_> = old
+                        .files
+                        .iter()
+                        .map(|f| (join(&table_dir, &f.path), f.bytes))
+                        .collect();
+                    let staged_paths: Vec<_> = staged
+                        .iter()
+                        .map(|f| (self.lake.path(&f.path), f.bytes))
+                        .collect();
+                    let roller = self.open_final(day, &schema, rollers);
+                    rollers += 1;
+                    let merged = merge_partition(
+                        name,
+                        self.lake,
+                        &schema,
+                        &key_columns,
+                        &old_paths,
+                        &staged_paths,
+                        roller,
+                    )
+                    .await?;
+                    report.rows_replaced += merged.replaced_rows;
+                    replaced_files.extend(old.files.iter().map(|f| f.path.clone()));
+                    for (path, _) in &staged_paths {
+                        self.lake.store().delete(path).await?;
+                    }
+                    merged.files
+                }
+            };
+            report.files_written += files.len();
+            report.bytes_written += files.iter().map(|f| f.bytes).sum::<u64>();
+            let rows = files.iter().map(|f| f.rows).sum();
+            next.partitions
+                .insert(day_name.clone(), PartitionEntry { rows, files });
+            touched.insert(day_name);
+        }
+        report.partitions_written = touched.iter().cloned().collect();
+
+        let watermark_moves =
+            new_watermark != manifest.watermark || new_boundary != manifest.boundary_keys;
+        if touched.is_empty() && manifest.pending_warehouse.is_empty() && !watermark_moves {
+            info!("Nothing changed.");
+            report.watermark_after = report.watermark_before.clone();
+            report.lake_rows = manifest.rows();
+            report.seconds = started.elapsed().as_secs_f64();
+            return Ok(report);
+        }
+
+        // Commit 1: the lake shows the new files.
+        next.set_schema(&schema);
+        next.run_id = self.run_id.to_string();
+        if self.warehouse.is_some() {
+            next.pending_warehouse.extend(touched.iter().cloned());
+        } else {
+            next.watermark = new_watermark;
+            next.boundary_keys = new_boundary.clone();
+        }
+        self.commit(&mut next).await?;
+        self.lake
+            .delete_files(name, replaced_files.iter().map(String::as_str))
+            .await?;
+        info!(
+            partitions = touched.len(),
+            version = next.version,
+            "Lake committed."
+        );
+
+        // Load the pending days, then commit 2: the watermark moves.
+        if let Some(warehouse) = self.warehouse {
+            warehouse.ensure_table(t, &schema).await?;
+            let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+            let oldest_kept = t.retention_days.map(|days| {
+                let today =
+                    parse_day(&chrono::Utc::now().format("%Y-%m-%d").to_string()).unwrap_or(0);
+                today - days as i32
+            });
+            for day in next.pending_warehouse.clone() {
+                if let (Some(oldest), Some(d)) = (oldest_kept, parse_day(&day)) {
+                    if d < oldest {
+                        report.warnings.push(format!(
+                            "partition {day} is older than retention_days and was not loaded into ClickHouse"
+                        ));
+                        continue;
+                    }
+                }
+                let partition = next.partitions.get(&day).cloned().unwrap_or_default();
+                let rows = warehouse
+                    .load_partition(t, &columns, &day, &partition)
+                    .await?;
+                info!(partition = %day, rows, "Partition loaded.");
+                report.partitions_loaded.push(day);
+                report.rows_loaded += rows;
+            }
+            next.pending_warehouse.clear();
+            next.watermark = new_watermark;
+            next.boundary_keys = new_boundary;
+            self.commit(&mut next).await?;
+        }
+        report.watermark_after = next.watermark.map(|w: CursorValue| w.to_string());
+        report.lake_rows = next.rows();
+        report.seconds = started.elapsed().as_secs_f64();
+        for warning in &report.warnings {
+            warn!(warning = %warning, "Table warning.");
+        }
+        info!(
+            rows_changed = report.rows_changed,
+            rows_loaded = report.rows_loaded,
+            seconds = report.seconds,
+            "Table done."
+        );
+        Ok(report)
+    }
+
+    /// Resolves the configured columns in the source's schema and checks that the
+    /// schema is the one the lake holds.
+    fn check_columns(
+        &self,
+        schema: &SchemaRef,
+        manifest: &Manifest,
+    ) -> Result<(CursorColumn, Vec<usize>, usize)> {
+        let t = self.table;
+        let name = t.name.as_str();
+        let cursor = CursorColumn::new(schema, &t.cursor).map_err(|e| Error::capture(name, e))?;
+        let find = |column: &str, role: &str| {
+            schema.index_of(column).map_err(|_| {
+                Error::capture(
+                    name,
+                    format!(
+                        "{role} column {column:?} is not in the source's columns ({})",
+                        schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })
+        };
+        let keys = t
+            .key
+            .iter()
+            .map(|k| find(k, "key"))
+            .collect::<Result<Vec<_>>>()?;
+        let partition = find(&t.partition_by, "partition_by")?;
+        let current = crate::lake::manifest::columns_of(schema);
+        if !manifest.schema.is_empty() && manifest.schema != current {
+            return Err(Error::capture(
+                name,
+                format!(
+                    "the source's columns changed since the last run (lake: {}; source: {}); delete the table's folder to rebuild it",
+                    describe(&manifest.schema),
+                    describe(&current)
+                ),
+            ));
+        }
+        Ok((cursor, keys, partition))
+    }
+
+    fn day_dir(&self, day: i32) -> String {
+        format!("{}={}", self.table.partition_by, day_string(day))
+    }
+
+    fn open_final(&self, day: i32, schema: &SchemaRef, seq: usize) -> FileRoller {
+        let rel = self.day_dir(day);
+        let dir = join(&self.lake.table_path(&self.table.name), &rel);
+        FileRoller::new(
+            self.lake,
+            dir,
+            rel,
+            &format!("{}-{seq}", self.run_id),
+            schema.clone(),
+        )
+    }
+
+    fn open_day(
+        &self,
+        day: i32,
+        manifest: &Manifest,
+        schema: &SchemaRef,
+        seq: usize,
+    ) -> FileRoller {
+        if manifest.partitions.contains_key(&day_string(day)) {
+            let rel = format!("{}/{}", self.staging_dir(), self.day_dir(day));
+            FileRoller::new(
+                self.lake,
+                self.lake.path(&rel),
+                rel,
+                &format!("{}-{seq}", self.run_id),
+                schema.clone(),
+            )
+        } else {
+            self.open_final(day, schema, seq)
+        }
+    }
+
+    async fn close_day(
+        &self,
+        outputs: &mut BTreeMap<i32, DayOutput>,
+        day: i32,
+        roller: FileRoller,
+        manifest: &Manifest,
+    ) -> Result<()> {
+        let files = roller.finish().await?;
+        let staged = manifest.partitions.contains_key(&day_string(day));
+        match outputs.entry(day).or_insert_with(|| {
+            if staged {
+                DayOutput::Staged(Vec::new())
+            } else {
+                DayOutput::New(Vec::new())
+            }
+        }) {
+            DayOutput::New(v) | DayOutput::Staged(v) => v.extend(files),
+        }
+        Ok(())
+    }
+
+    fn staging_dir(&self) -> String {
+        format!("_sluice/staging/{}/{}", self.table.name, self.run_id)
+    }
+
+    /// Deletes files a crashed run left behind: Parquet files in the table folder
+    /// that the manifest does not list, and this table's staging folder.
+    async fn remove_orphans(&self, manifest: &Manifest) -> Result<()> {
+        let name = &self.table.name;
+        let live = manifest.live_files();
+        let orphans: Vec<String> = self
+            .lake
+            .list(name)
+            .await?
+            .into_iter()
+            .map(|(path, _)| path)
+            .filter(|p| p.ends_with(".parquet") && !live.contains(p.as_str()))
+            .collect();
+        if !orphans.is_empty() {
+            warn!(
+                files = orphans.len(),
+                "Removing files left by an interrupted run."
+            );
+            self.lake
+                .delete_files(name, orphans.iter().map(String::as_str))
+                .await?;
+        }
+        let staging = format!("_sluice/staging/{name}");
+        for (path, _) in self.lake.list(&staging).await? {
+            self.lake
+                .store()
+                .delete(&self.lake.path(&format!("{staging}/{path}")))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&self, next: &mut Manifest) -> Result<()> {
+        next.version += 1;
+        next.committed_at = chrono::Utc::now().to_rfc3339();
+        self.lake.write_manifest(next).await
+    }
+}
+
+fn join(base: &object_store::path::Path, relative: &str) -> object_store::path::Path {
+    relative
+        .split('/')
+        .fold(base.clone(), |p, part| p.join(part))
+}
+
+fn describe(columns: &[crate::lake::manifest::ColumnEntry]) -> String {
+    columns
+        .iter()
+        .map(|c| format!("{} {}", c.name, c.arrow_type))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,178 @@
+//! ClickHouse DDL generated from the lake's Arrow schema.
+
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+/// Quotes a ClickHouse identifier.
+pub fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+/// A ClickHouse string literal.
+pub fn string(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The ClickHouse type that holds an Arrow column, as written to Parquet.
+pub fn column_type(field: &Field, force_not_null: bool) -> Result<String, String> {
+    let inner = base_type(field.data_type()).map_err(|reason| {
+        format!(
+            "column {:?} has Arrow type {} which sluice cannot load into ClickHouse ({reason}); cast it in the table's `query`",
+            field.name(),
+            field.data_type()
+        )
+    })?;
+    let nullable_ok = !matches!(
+        field.data_type(),
+        DataType::List(_) | DataType::LargeList(_) | DataType::Struct(_) | DataType::Map(_, _)
+    );
+    if field.is_nullable() && !force_not_null && nullable_ok {
+        Ok(format!("Nullable({inner})"))
+    } else {
+        Ok(inner)
+    }
+}
+
+fn base_type(data_type: &DataType) -> Result<String, String> {
+    Ok(match data_type {
+        DataType::Boolean => "Bool".into(),
+        DataType::Int8 => "Int8".into(),
+        DataType::Int16 => "Int16".into(),
+        DataType::Int32 => "Int32".into(),
+        DataType::Int64 => "Int64".into(),
+        DataType::UInt8 => "UInt8".into(),
+        DataType::UInt16 => "UInt16".into(),
+        DataType::UInt32 => "UInt32".into(),
+        DataType::UInt64 => "UInt64".into(),
+        DataType::Float16 | DataType::Float32 => "Float32".into(),
+        DataType::Float64 => "Float64".into(),
+        DataType::Decimal32(p, s) | DataType::Decimal64(p, s) | DataType::Decimal128(p, s) => {
+            format!("Decimal({p}, {s})")
+        }
+        DataType::Decimal256(p, s) => format!("Decimal({p}, {s})"),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "String".into(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "String".into(),
+        DataType::FixedSizeBinary(n) => format!("FixedString({n})"),
+        DataType::Date32 => "Date32".into(),
+        DataType::Date64 => "DateTime64(3, 'UTC')".into(),
+        DataType::Timestamp(unit, _tz) => {
+            // Naive timestamps are stored as UTC wall-clock values (see README).
+            let precision = match unit {
+                TimeUnit::Second => 0,
+                TimeUnit::Millisecond => 3,
+                TimeUnit::Microsecond => 6,
+                TimeUnit::Nanosecond => 9,
+            };
+            format!("DateTime64({precision}, 'UTC')")
+        }
+        DataType::List(item) | DataType::LargeList(item) => {
+            format!("Array({})", column_type(item, false)?)
+        }
+        DataType::Struct(fields) => {
+            let parts = fields
+                .iter()
+                .map(|f| Ok(format!("{} {}", ident(f.name()), column_type(f, false)?)))
+                .collect::<Result<Vec<_>, String>>()?;
+            format!("Tuple({})", parts.join(", "))
+        }
+        other => return Err(format!("no ClickHouse mapping for {other}")),
+    })
+}
+
+/// How a table is laid out in ClickHouse.
+pub struct TableLayout<'a> {
+    pub database: &'a str,
+    pub table: &'a str,
+    pub schema: &'a Schema,
+    pub partition_column: &'a str,
+    pub key: &'a [String],
+    pub retention_days: Option<u32>,
+}
+
+impl TableLayout<'_> {
+    /// `CREATE TABLE IF NOT EXISTS` for the target table.
+    pub fn create_table(&self) -> Result<String, String> {
+        let columns = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let not_null = f.name() == self.partition_column || self.key.contains(f.name());
+                Ok(format!(
+                    "    {} {}",
+                    ident(f.name()),
+                    column_type(f, not_null)?
+                ))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let order_by = self
+            .key
+            .iter()
+            .map(|k| ident(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ttl = match self.retention_days {
+            Some(days) => format!(
+                "\nTTL toDate({}) + toIntervalDay({days}) DELETE",
+                ident(self.partition_column)
+            ),
+            None => String::new(),
+        };
+        Ok(format!(
+            "CREATE TABLE IF NOT EXISTS {}.{} (\n{}\n)\nENGINE = MergeTree\nPARTITION BY {}\nORDER BY ({order_by}){ttl}",
+            ident(self.database),
+            ident(self.table),
+            columns.join(",\n"),
+            partition_expression(self.partition_column),
+        ))
+    }
+}
+
+/// The partition expression: one ClickHouse partition per lake day, so that a lake
+/// partition replaces exactly one ClickHouse partition.
+pub fn partition_expression(column: &str) -> String {
+    format!("toYYYYMMDD({})", ident(column))
+}
+
+/// The ClickHouse partition ID of a lake day `YYYY-MM-DD`.
+pub fn partition_id(day: &str) -> String {
+    day.replace('-', "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ddl_for_a_typical_table() {
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("amount", DataType::Decimal128(38, 10), true),
+            Field::new(
+                "created_at",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+                true,
+            ),
+            Field::new("we`ird", DataType::LargeUtf8, false),
+        ]);
+        let key = vec!["id".to_string()];
+        let layout = TableLayout {
+            database: "db",
+            table: "t",
+            schema: &schema,
+            partition_column: "created_at",
+            key: &key,
+            retention_days: Some(90),
+        };
+        assert_eq!(
+            layout.create_table().unwrap(),
+            "CREATE TABLE IF NOT EXISTS `db`.`t` (\n    `id` Int64,\n    `amount` Nullable(Decimal(38, 10)),\n    `created_at` DateTime64(6, 'UTC'),\n    `we\\`ird` String\n)\nENGINE = MergeTree\nPARTITION BY toYYYYMMDD(`created_at`)\nORDER BY (`id`)\nTTL toDate(`created_at`) + toIntervalDay(90) DELETE"
+        );
+    }
+
+    #[test]
+    fn unsupported_type_names_column_and_fix() {
+        let field = Field::new("t", DataType::Duration(TimeUnit::Second), true);
+        let err = column_type(&field, false).unwrap_err();
+        assert!(err.contains("\"t\"") && err.contains("cast it"), "{err}");
+    }
+}

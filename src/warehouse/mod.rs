@@ -1,0 +1,255 @@
+//! ClickHouse: tables created from the lake's schema, partitions loaded from the lake
+//! with `s3()` into a staging table and swapped in with `REPLACE PARTITION`, so that
+//! a rerun replaces rows instead of appending them.
+
+pub mod ddl;
+
+use arrow::datatypes::Schema;
+use clickhouse::Client;
+
+use crate::config::{ClickHouseConfig, TableConfig};
+use crate::error::{register_secret, Error, Result};
+use crate::lake::manifest::PartitionEntry;
+use crate::lake::{Lake, LakeLocation};
+use ddl::{ident, partition_id, string, TableLayout};
+
+/// A connection to the warehouse and what it needs to read the lake.
+pub struct Warehouse {
+    client: Client,
+    database: String,
+    /// `http(s)://endpoint/bucket[/prefix]` as ClickHouse sees it.
+    lake_url: String,
+    credentials: Option<(String, String)>,
+}
+
+impl Warehouse {
+    /// Prepares a client; nothing is sent until the first statement.
+    pub fn new(config: &ClickHouseConfig, lake: &Lake) -> Result<Self> {
+        let LakeLocation::S3 { bucket, prefix } = lake.location() else {
+            return Err(Error::warehouse(
+                "-",
+                "ClickHouse reads the lake through s3(): the lake must be an S3 bucket",
+            ));
+        };
+        let endpoint = config
+            .s3_endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT").ok())
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+            .unwrap_or_else(|| {
+                let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
+                format!("https://s3.{region}.amazonaws.com")
+            });
+        let mut lake_url = format!("{}/{}", endpoint.trim_end_matches('/'), bucket);
+        if !prefix.is_empty() {
+            lake_url = format!("{lake_url}/{prefix}");
+        }
+        let credentials = match (
+            std::env::var("AWS_ACCESS_KEY_ID"),
+            std::env::var("AWS_SECRET_ACCESS_KEY"),
+        ) {
+            (Ok(key), Ok(secret)) => {
+                register_secret(&secret);
+                Some((key, secret))
+            }
+            _ => None,
+        };
+        register_secret(&config.password);
+        let client = Client::default()
+            .with_url(&config.url)
+            .with_user(&config.user)
+            .with_password(&config.password);
+        Ok(Self {
+            client,
+            database: config.database.clone(),
+            lake_url,
+            credentials,
+        })
+    }
+
+    async fn execute(&self, table: &str, sql: &str) -> Result<()> {
+        self.client
+            .query_raw(sql)
+            .execute()
+            .await
+            .map_err(|e| Error::warehouse(table, e))
+    }
+
+    async fn count(&self, table: &str, sql: &str) -> Result<u64> {
+        self.client
+            .query_raw(sql)
+            .fetch_one::<u64>()
+            .await
+            .map_err(|e| Error::warehouse(table, e))
+    }
+
+    fn qualified(&self, table: &str) -> String {
+        format!("{}.{}", ident(&self.database), ident(table))
+    }
+
+    fn staging_table(table: &str) -> String {
+        format!("_sluice_stage_{table}")
+    }
+
+    /// Creates the database and the table (and its staging twin) if missing.
+    pub async fn ensure_table(&self, config: &TableConfig, schema: &Schema) -> Result<()> {
+        let name = &config.name;
+        self.execute(
+            name,
+            &format!("CREATE DATABASE IF NOT EXISTS {}", ident(&self.database)),
+        )
+        .await?;
+        let layout = TableLayout {
+            database: &self.database,
+            table: name,
+            schema,
+            partition_column: &config.partition_by,
+            key: &config.key,
+            retention_days: config.retention_days,
+        };
+        let ddl = layout
+            .create_table()
+            .map_err(|e| Error::warehouse(name, e))?;
+        self.execute(name, &ddl).await?;
+        self.execute(
+            name,
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {} AS {}",
+                self.qualified(&Self::staging_table(name)),
+                self.qualified(name)
+            ),
+        )
+        .await
+    }
+
+    /// Replaces one day of `config.name` with the lake's files of that day and
+    /// checks the row count. Returns the rows now in that ClickHouse partition.
+    pub async fn load_partition(
+        &self,
+        config: &TableConfig,
+        columns: &[String],
+        day: &str,
+        partition: &PartitionEntry,
+    ) -> Result<u64> {
+        let name = &config.name;
+        let target = self.qualified(name);
+        let stage = self.qualified(&Self::staging_table(name));
+        self.execute(name, &format!("TRUNCATE TABLE {stage}"))
+            .await?;
+        if !partition.files.is_empty() {
+            let column_list = columns
+                .iter()
+                .map(|c| ident(c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO {stage} ({column_list}) SELECT {column_list} FROM {}",
+                self.s3_call(name, partition)
+            );
+            self.execute(name, &sql).await?;
+        }
+        let staged = self
+            .count(name, &format!("SELECT count() FROM {stage}"))
+            .await?;
+        if staged != partition.rows {
+            return Err(Error::warehouse(
+                name,
+                format!(
+                    "partition {day}: staged {staged} rows but the lake has {}; nothing was replaced",
+                    partition.rows
+                ),
+            ));
+        }
+        let id = partition_id(day);
+        self.execute(
+            name,
+            &format!(
+                "ALTER TABLE {target} REPLACE PARTITION ID {} FROM {stage}",
+                string(&id)
+            ),
+        )
+        .await?;
+        let loaded = self
+            .count(
+                name,
+                &format!(
+                    "SELECT count() FROM {target} WHERE _partition_id = {}",
+                    string(&id)
+                ),
+            )
+            .await?;
+        if loaded != partition.rows {
+            return Err(Error::warehouse(
+                name,
+                format!(
+                    "partition {day}: {loaded} rows after REPLACE PARTITION, expected {}",
+                    partition.rows
+                ),
+            ));
+        }
+        self.execute(name, &format!("TRUNCATE TABLE {stage}"))
+            .await?;
+        Ok(loaded)
+    }
+
+    /// `s3('<url of the partition's files>', [key, secret,] 'Parquet')`.
+    fn s3_call(&self, table: &str, partition: &PartitionEntry) -> String {
+        let (dir, names) = split_dir(
+            &partition
+                .files
+                .iter()
+                .map(|f| f.path.as_str())
+                .collect::<Vec<_>>(),
+        );
+        let names = if names.len() == 1 {
+            names[0].to_string()
+        } else {
+            format!("{{{}}}", names.join(","))
+        };
+        let url = format!("{}/{}/{}/{}", self.lake_url, table, dir, names);
+        match &self.credentials {
+            Some((key, secret)) => format!(
+                "s3({}, {}, {}, 'Parquet')",
+                string(&url),
+                string(key),
+                string(secret)
+            ),
+            None => format!("s3({}, NOSIGN, 'Parquet')", string(&url)),
+        }
+    }
+
+    /// Rows per ClickHouse partition ID of `table` (for checks and tests).
+    pub async fn partition_counts(&self, table: &str) -> Result<Vec<(String, u64)>> {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct PartitionCount {
+            id: String,
+            rows: u64,
+        }
+        let rows = self
+            .client
+            .query_raw(&format!(
+                "SELECT _partition_id AS id, count() AS rows FROM {} GROUP BY id ORDER BY id",
+                self.qualified(table)
+            ))
+            .fetch_all::<PartitionCount>()
+            .await
+            .map_err(|e| Error::warehouse(table, e))?;
+        Ok(rows.into_iter().map(|r| (r.id, r.rows)).collect())
+    }
+}
+
+/// Splits file paths of one folder into the folder and the file names.
+fn split_dir<'a>(paths: &[&'a str]) -> (&'a str, Vec<&'a str>) {
+    let mut dir = "";
+    let names = paths
+        .iter()
+        .map(|p| match p.rsplit_once('/') {
+            Some((d, n)) => {
+                dir = d;
+                n
+            }
+            None => p,
+        })
+        .collect();
+    (dir, names)
+}
