@@ -120,9 +120,11 @@ impl CursorColumn {
             | DataType::UInt8
             | DataType::UInt16
             | DataType::UInt32 => CursorKind::Integer,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "cursor column {name:?} has type {other}; use a timestamp, date or integer column"
-            )),
+            ))
+            }
         };
         Ok(Self { index, kind })
     }

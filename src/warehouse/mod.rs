@@ -143,7 +143,10 @@ impl Warehouse {
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
-                "INSERT INTO {stage} ({column_list}) SELECT {column_list} FROM {}",
+                // The lake's folders are `col=day`: without this ClickHouse would read
+                // the partition column from the path (a date) instead of the file.
+                "INSERT INTO {stage} ({column_list}) SELECT {column_list} FROM {} \
+                 SETTINGS use_hive_partitioning = 0",
                 self.s3_call(name, partition)
             );
             self.execute(name, &sql).await?;
@@ -161,14 +164,17 @@ impl Warehouse {
             ));
         }
         let id = partition_id(day);
-        self.execute(
-            name,
-            &format!(
+        // REPLACE from an empty source is refused by some ClickHouse versions; an
+        // emptied day is a DROP.
+        let swap = if staged == 0 {
+            format!("ALTER TABLE {target} DROP PARTITION ID {}", string(&id))
+        } else {
+            format!(
                 "ALTER TABLE {target} REPLACE PARTITION ID {} FROM {stage}",
                 string(&id)
-            ),
-        )
-        .await?;
+            )
+        };
+        self.execute(name, &swap).await?;
         let loaded = self
             .count(
                 name,
