@@ -100,6 +100,22 @@ impl From<parquet::errors::ParquetError> for Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// An error and its causes as one line (`outer: cause: root cause`), since many
+/// driver errors say little more than "db error" at the top.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
 
 /// Registers a value that must never be shown: it is replaced by `***` in every

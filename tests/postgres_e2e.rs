@@ -59,6 +59,7 @@ url = "{pg_url}"
 [clickhouse]
 url = "{ch}"
 database = "{ch_db}"
+s3_endpoint = "{ch_s3}"
 
 [[table]]
 name = "transactions"
@@ -72,6 +73,7 @@ batch_rows = 128
 "#,
         bucket = s3_bucket(),
         ch = clickhouse_url(),
+        ch_s3 = clickhouse_s3_endpoint(),
     )
 }
 

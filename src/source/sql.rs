@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::arrow_bridge::into_arrow;
 use super::BatchStream;
 use crate::config::SourceKind;
-use crate::error::{Error, Result};
+use crate::error::{chain, Error, Result};
 
 /// Batches in flight between the reader thread and the pipeline.
 const CHANNEL_BATCHES: usize = 2;
@@ -66,11 +66,11 @@ fn produce(
     schema_tx: tokio::sync::oneshot::Sender<arrow::datatypes::SchemaRef>,
     tx: &mpsc::Sender<Result<RecordBatch>>,
 ) -> Result<()> {
-    let conn = SourceConn::try_from(url).map_err(|e| Error::source(table, e))?;
+    let conn = SourceConn::try_from(url).map_err(|e| Error::source(table, chain(&e)))?;
     let queries = [CXQuery::naked(query)];
     let mut iter =
         connectorx::get_arrow::new_record_batch_iter(&conn, None, &queries, batch_rows, None)
-            .map_err(|e| Error::source(table, e))?;
+            .map_err(|e| Error::source(table, chain(&e)))?;
     let (empty, _) = iter.get_schema();
     let schema = into_arrow(empty)
         .map_err(|e| Error::source(table, e))?

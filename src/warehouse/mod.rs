@@ -8,7 +8,7 @@ use arrow::datatypes::Schema;
 use clickhouse::Client;
 
 use crate::config::{ClickHouseConfig, TableConfig};
-use crate::error::{register_secret, Error, Result};
+use crate::error::{chain, register_secret, Error, Result};
 use crate::lake::manifest::PartitionEntry;
 use crate::lake::{Lake, LakeLocation};
 use ddl::{ident, partition_id, string, TableLayout};
@@ -72,7 +72,7 @@ impl Warehouse {
             .query_raw(sql)
             .execute()
             .await
-            .map_err(|e| Error::warehouse(table, e))
+            .map_err(|e| Error::warehouse(table, chain(&e)))
     }
 
     async fn count(&self, table: &str, sql: &str) -> Result<u64> {
@@ -80,7 +80,7 @@ impl Warehouse {
             .query_raw(sql)
             .fetch_one::<u64>()
             .await
-            .map_err(|e| Error::warehouse(table, e))
+            .map_err(|e| Error::warehouse(table, chain(&e)))
     }
 
     fn qualified(&self, table: &str) -> String {
@@ -239,7 +239,7 @@ impl Warehouse {
             ))
             .fetch_all::<PartitionCount>()
             .await
-            .map_err(|e| Error::warehouse(table, e))?;
+            .map_err(|e| Error::warehouse(table, chain(&e)))?;
         Ok(rows.into_iter().map(|r| (r.id, r.rows)).collect())
     }
 }

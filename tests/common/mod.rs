@@ -23,6 +23,11 @@ pub fn pg_url() -> String {
     )
 }
 
+/// The S3 endpoint as ClickHouse sees it (`http://minio:9000` under docker-compose).
+pub fn clickhouse_s3_endpoint() -> String {
+    env_or("SLUICE_TEST_CH_S3_ENDPOINT", "http://127.0.0.1:9000")
+}
+
 pub fn clickhouse_url() -> String {
     env_or("SLUICE_TEST_CLICKHOUSE_URL", "http://127.0.0.1:8123")
 }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The README's test command: starts the real services on loopback, then runs the
+# project's checks and every test against them. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+[[ -d $HOME/.cargo/bin ]] && export PATH="$HOME/.cargo/bin:$PATH"
+
+# Build prerequisites (present on the usual images; installed when missing).
+missing=()
+for pkg in pkg-config libssl-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+scripts/services.sh up
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo "== ClickHouse front self-test"
+python3 tests/support/test_chfront.py
+echo "== cargo test"
+cargo test --locked
