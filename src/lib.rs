@@ -12,6 +12,7 @@ pub mod capture;
 pub mod config;
 pub mod error;
 pub mod lake;
+pub mod query;
 pub mod run;
 pub mod source;
 pub mod warehouse;

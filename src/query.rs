@@ -1,0 +1,577 @@
+//! `sluice query`: SQL over the lake's committed files, with DataFusion.
+//!
+//! Every table of the config that has a manifest is registered under its own name.
+//! A table is exactly the files its manifest lists as live: files merely present in
+//! a partition folder (a run that died before its commit, a merge's leftovers) are
+//! never read, because the scan is built from the manifest and the folder is never
+//! listed.
+//!
+//! Columns: every column of the Parquet files as stored, including the partition
+//! column with its full value (`created_at` as a timestamp), plus one more,
+//! `<partition column>_day` (`Date32`, never null), the day of the partition folder
+//! the row's file lives in. Filters that use only that day column (`WHERE
+//! created_at_day = DATE '2026-11-25'`, `BETWEEN`, `IN`, …) are evaluated once per
+//! partition before any file is opened, so such a query reads that day's files
+//! only. A filter on the full timestamp is still correct but prunes only through
+//! Parquet statistics, after opening each file's footer.
+//!
+//! Queries are read-only: DDL, DML and `SET` statements are refused;
+//! `information_schema` (`SHOW TABLES`, `SHOW COLUMNS FROM t`) is available.
+//! Results go to stdout or `--output FILE` as a pretty table (which holds the whole
+//! result in memory to size its columns), CSV, JSON lines or Parquet; the last
+//! three stream batch by batch.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::future::Future;
+use std::io::{BufWriter, Write};
+use std::path::{Path as FsPath, PathBuf};
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, Date32Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::listing::helpers::expr_applicable_for_cols;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::error::DataFusionError;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::ObjectMeta;
+
+use crate::config::{Config, LakeConfig};
+use crate::error::{redact, Error, Result};
+use crate::lake::manifest::Manifest;
+use crate::lake::writer::{parse_day, writer_properties};
+use crate::lake::{Lake, LakeLocation};
+
+/// How query results are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// A pretty-printed table, for reading on a terminal.
+    #[default]
+    Table,
+    /// CSV with a header line.
+    Csv,
+    /// JSON lines: one object per row, nulls written as `null`.
+    Json,
+    /// A Parquet file (needs `--output`).
+    Parquet,
+}
+
+/// What to do with a query's result.
+#[derive(Debug, Clone, Default)]
+pub struct QueryOptions {
+    pub format: OutputFormat,
+    /// Write here instead of to the caller's writer. Required for Parquet.
+    pub output: Option<PathBuf>,
+}
+
+/// The outcome of a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuerySummary {
+    /// Rows in the result.
+    pub rows: u64,
+}
+
+/// Runs `sql` over the lake of `config` and writes the result to `options.output`,
+/// or to `out` when there is none.
+pub async fn query<W: Write>(
+    config: &Config,
+    base: &FsPath,
+    sql: &str,
+    options: &QueryOptions,
+    out: W,
+) -> Result<QuerySummary> {
+    if options.format == OutputFormat::Parquet && options.output.is_none() {
+        return Err(parquet_needs_output());
+    }
+    let session = LakeSession::open(config, base).await?;
+    let stream = session.execute(sql).await?;
+    let Some(path) = &options.output else {
+        return write_text(stream, options.format, out).await;
+    };
+    // Written beside the target and renamed when complete, so that a failed
+    // query neither leaves a truncated result nor clobbers an existing file.
+    let mut partial = path.clone().into_os_string();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let file = File::create(&partial)
+        .map_err(|e| Error::Query(format!("cannot create {}: {e}", partial.display())))?;
+    let file = BufWriter::new(file);
+    let written = match options.format {
+        OutputFormat::Parquet => write_parquet(stream, file, config.lake.row_group_rows).await,
+        text => write_text(stream, text, file).await,
+    };
+    let renamed = written.and_then(|summary| {
+        std::fs::rename(&partial, path)
+            .map(|()| summary)
+            .map_err(|e| Error::Query(format!("cannot write {}: {e}", path.display())))
+    });
+    if renamed.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    renamed
+}
+
+/// A DataFusion session with every committed table of the lake registered.
+pub struct LakeSession {
+    ctx: SessionContext,
+    /// Configured tables without a manifest: named in the error of a query on them.
+    uncommitted: BTreeSet<String>,
+}
+
+impl LakeSession {
+    /// Opens the lake of `config` and registers its committed tables.
+    pub async fn open(config: &Config, base: &FsPath) -> Result<Self> {
+        check_local_lake_exists(&config.lake, base)?;
+        let lake = Lake::open(&config.lake, base)?;
+        let ctx =
+            SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
+        let store_url = match lake.location() {
+            LakeLocation::S3 { bucket, .. } => {
+                let url = object_store_url(&format!("s3://{bucket}"))?;
+                ctx.register_object_store(url.as_ref(), Arc::clone(lake.store()));
+                url
+            }
+            LakeLocation::Local { .. } => {
+                let url = object_store_url("file://")?;
+                ctx.register_object_store(url.as_ref(), Arc::new(LocalFileSystem::new()));
+                url
+            }
+        };
+        let mut uncommitted = BTreeSet::new();
+        for table in &config.tables {
+            match lake.read_manifest(&table.name).await? {
+                None => {
+                    uncommitted.insert(table.name.clone());
+                }
+                Some(manifest) => {
+                    let provider = LakeTable::new(&lake, store_url.clone(), &manifest)?;
+                    tracing::debug!(
+                        table = %table.name,
+                        files = provider.files.len(),
+                        "Table registered."
+                    );
+                    ctx.register_table(table.name.as_str(), Arc::new(provider))
+                        .map_err(|e| query_error(&e))?;
+                }
+            }
+        }
+        Ok(Self { ctx, uncommitted })
+    }
+
+    /// Plans and starts one read-only SQL statement.
+    pub async fn execute(&self, sql: &str) -> Result<SendableRecordBatchStream> {
+        let state = self.ctx.state();
+        let dialect = state.config_options().sql_parser.dialect;
+        let statement = state
+            .sql_to_statement(sql, &dialect)
+            .map_err(|e| query_error(&e))?;
+        for reference in state
+            .resolve_table_references(&statement)
+            .map_err(|e| query_error(&e))?
+        {
+            let in_default_schema = reference.schema().is_none_or(|s| s == "public");
+            if in_default_schema && self.uncommitted.contains(reference.table()) {
+                return Err(Error::Query(format!(
+                    "table {} has no data yet (no committed run)",
+                    reference.table()
+                )));
+            }
+        }
+        let plan = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| query_error(&e))?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|e| query_error(&e))?;
+        let frame = self
+            .ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| query_error(&e))?;
+        frame.execute_stream().await.map_err(|e| query_error(&e))
+    }
+}
+
+/// `Lake::open` creates a missing local folder, which for a query would only hide
+/// a wrong path behind "table not found".
+fn check_local_lake_exists(config: &LakeConfig, base: &FsPath) -> Result<()> {
+    if config.url.starts_with("s3://") {
+        return Ok(());
+    }
+    let path = config.url.strip_prefix("file://").unwrap_or(&config.url);
+    let path = base.join(path);
+    if path.is_dir() {
+        Ok(())
+    } else {
+        Err(Error::Query(format!(
+            "no lake at {}: the folder does not exist (lake.url = {:?}; has `sluice run` committed anything?)",
+            path.display(),
+            config.url
+        )))
+    }
+}
+
+fn object_store_url(url: &str) -> Result<ObjectStoreUrl> {
+    ObjectStoreUrl::parse(url).map_err(|e| Error::Query(format!("lake URL {url}: {e}")))
+}
+
+/// DataFusion's message, as a user-facing error. DataFusion prefixes SQL errors
+/// with their kind ("SQL error: …", "Error during planning: …"), which is kept.
+fn query_error(e: &DataFusionError) -> Error {
+    Error::Query(redact(&e.to_string()))
+}
+
+/// One committed lake table: the live files of its manifest, each tagged with the
+/// day of its partition.
+#[derive(Debug)]
+pub struct LakeTable {
+    /// Columns stored in the files.
+    file_schema: SchemaRef,
+    /// `file_schema` plus the day column.
+    schema: SchemaRef,
+    /// `<partition column>_day`.
+    day_column: String,
+    store_url: ObjectStoreUrl,
+    /// Live files in day order.
+    files: Vec<LiveFile>,
+}
+
+#[derive(Debug, Clone)]
+struct LiveFile {
+    /// Days since the epoch, as `Date32`.
+    day: i32,
+    location: Path,
+    bytes: u64,
+}
+
+impl LakeTable {
+    /// The table of `manifest`, whose files live in the store at `store_url`.
+    pub fn new(lake: &Lake, store_url: ObjectStoreUrl, manifest: &Manifest) -> Result<Self> {
+        let table = &manifest.table;
+        let fields = manifest
+            .schema
+            .iter()
+            .map(|column| {
+                DataType::from_str(&column.arrow_type)
+                    .map(|t| Field::new(&column.name, t, column.nullable))
+                    .map_err(|e| {
+                        Error::Query(format!(
+                            "table {table}: column {} has type {:?} in the manifest, which Arrow cannot parse: {e}",
+                            column.name, column.arrow_type
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let file_schema = Arc::new(Schema::new(fields));
+        let day_column = format!("{}_day", manifest.partition_column);
+        if file_schema.field_with_name(&day_column).is_ok() {
+            return Err(Error::Query(format!(
+                "table {table}: the files already have a column {day_column}, the name sluice gives the partition day"
+            )));
+        }
+        let mut fields = file_schema.fields().to_vec();
+        fields.push(Arc::new(Field::new(&day_column, DataType::Date32, false)));
+        let schema = Arc::new(Schema::new(fields));
+
+        let root = match lake.location() {
+            // The local filesystem store is rooted at `/`; the lake's own store at
+            // the lake folder.
+            LakeLocation::Local { root } => Some(
+                Path::from_absolute_path(root)
+                    .map_err(|e| Error::Query(format!("lake folder {}: {e}", root.display())))?,
+            ),
+            LakeLocation::S3 { .. } => None,
+        };
+        let mut files = Vec::new();
+        for (day_text, partition) in &manifest.partitions {
+            let day = parse_day(day_text).ok_or_else(|| {
+                Error::Query(format!(
+                    "table {table}: partition {day_text:?} in the manifest is not a YYYY-MM-DD day"
+                ))
+            })?;
+            for file in &partition.files {
+                let relative = lake.table_path(table);
+                let relative = file
+                    .path
+                    .split('/')
+                    .filter(|p| !p.is_empty())
+                    .fold(relative, |p, part| p.join(part));
+                let location = match &root {
+                    Some(root) => relative.parts().fold(root.clone(), |p, part| p.join(part)),
+                    None => relative,
+                };
+                files.push(LiveFile {
+                    day,
+                    location,
+                    bytes: file.bytes,
+                });
+            }
+        }
+        Ok(Self {
+            file_schema,
+            schema,
+            day_column,
+            store_url,
+            files,
+        })
+    }
+
+    /// Whether `filter` can be decided from the day column alone.
+    fn is_day_filter(&self, filter: &Expr) -> bool {
+        expr_applicable_for_cols(&[self.day_column.as_str()], filter)
+    }
+
+    /// The files whose day passes every filter in `day_filters`, evaluated once on
+    /// a batch holding each file's day.
+    fn files_passing(
+        &self,
+        state: &dyn Session,
+        day_filters: &[Expr],
+    ) -> datafusion::error::Result<Vec<LiveFile>> {
+        let Some(filter) = conjunction(day_filters.iter().cloned()) else {
+            return Ok(self.files.clone());
+        };
+        let day_schema = Arc::new(Schema::new(vec![Field::new(
+            &self.day_column,
+            DataType::Date32,
+            false,
+        )]));
+        let days = Date32Array::from_iter_values(self.files.iter().map(|f| f.day));
+        let batch = RecordBatch::try_new(Arc::clone(&day_schema), vec![Arc::new(days)])?;
+        let predicate = state.create_physical_expr(filter, &DFSchema::try_from(day_schema)?)?;
+        let keep = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
+        let keep = keep.as_boolean();
+        Ok(self
+            .files
+            .iter()
+            .enumerate()
+            // A null outcome (e.g. comparing with NULL) keeps nothing, as in WHERE.
+            .filter(|(i, _)| keep.is_valid(*i) && keep.value(*i))
+            .map(|(_, f)| f.clone())
+            .collect())
+    }
+
+    async fn plan_scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let day_filters: Vec<Expr> = filters
+            .iter()
+            .filter(|f| self.is_day_filter(f))
+            .cloned()
+            .collect();
+        let files = self.files_passing(state, &day_filters)?;
+        tracing::debug!(
+            files = files.len(),
+            of = self.files.len(),
+            "Partition filters applied."
+        );
+        if files.is_empty() {
+            let schema = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => Arc::clone(&self.schema),
+            };
+            return Ok(Arc::new(EmptyExec::new(schema)));
+        }
+        // Spread the files over the session's partitions; DataFusion splits large
+        // files further by byte range.
+        let groups = state.config().target_partitions().clamp(1, files.len());
+        let mut file_groups = vec![Vec::new(); groups];
+        for (i, file) in files.into_iter().enumerate() {
+            let meta = ObjectMeta {
+                location: file.location,
+                // Live files are never rewritten in place (new runs write new names).
+                last_modified: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+                size: file.bytes,
+                e_tag: None,
+                version: None,
+            };
+            file_groups[i % groups].push(
+                PartitionedFile::new_from_meta(meta)
+                    .with_partition_values(vec![ScalarValue::Date32(Some(file.day))]),
+            );
+        }
+        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+        let table_schema = TableSchema::builder(Arc::clone(&self.file_schema))
+            .with_table_partition_cols(vec![Arc::new(Field::new(
+                &self.day_column,
+                DataType::Date32,
+                false,
+            ))])
+            .build();
+        let config =
+            FileScanConfigBuilder::new(self.store_url.clone(), format.file_source(table_schema))
+                .with_file_groups(file_groups.into_iter().map(FileGroup::new).collect())
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+        format.create_physical_plan(state, config).await
+    }
+}
+
+// Written out as `#[async_trait]` would expand it: sluice does not depend on the
+// async-trait crate for this one impl.
+impl TableProvider for LakeTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    /// Day-only filters are applied exactly, per partition; the rest are also
+    /// offered to the Parquet scan (row group statistics) and re-checked.
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if self.is_day_filter(f) {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Inexact
+                }
+            })
+            .collect())
+    }
+
+    fn scan<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 self,
+        state: &'life1 dyn Session,
+        projection: Option<&'life2 Vec<usize>>,
+        filters: &'life3 [Expr],
+        limit: Option<usize>,
+    ) -> Pin<
+        Box<
+            dyn Future<Output = datafusion::error::Result<Arc<dyn ExecutionPlan>>>
+                + Send
+                + 'async_trait,
+        >,
+    >
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(self.plan_scan(state, projection, filters, limit))
+    }
+}
+
+/// Writes every batch of `stream` to `out` as text in `format`; returns the row
+/// count.
+async fn write_text<W: Write>(
+    mut stream: SendableRecordBatchStream,
+    format: OutputFormat,
+    mut out: W,
+) -> Result<QuerySummary> {
+    let schema = stream.schema();
+    let mut rows = 0u64;
+    match format {
+        OutputFormat::Table => {
+            let mut batches = Vec::new();
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| query_error(&e))?;
+                rows += batch.num_rows() as u64;
+                batches.push(batch);
+            }
+            let table = arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)
+                .map_err(output_error)?;
+            writeln!(out, "{table}").map_err(output_error)?;
+            out.flush().map_err(output_error)?;
+        }
+        OutputFormat::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(out);
+            let mut wrote_any = false;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| query_error(&e))?;
+                rows += batch.num_rows() as u64;
+                writer.write(&batch).map_err(output_error)?;
+                wrote_any = true;
+            }
+            if !wrote_any {
+                // Still print the header of an empty result.
+                writer
+                    .write(&RecordBatch::new_empty(schema))
+                    .map_err(output_error)?;
+            }
+            writer.into_inner().flush().map_err(output_error)?;
+        }
+        OutputFormat::Json => {
+            let mut writer = arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, arrow::json::writer::LineDelimited>(out);
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| query_error(&e))?;
+                rows += batch.num_rows() as u64;
+                writer.write(&batch).map_err(output_error)?;
+            }
+            writer.finish().map_err(output_error)?;
+            writer.into_inner().flush().map_err(output_error)?;
+        }
+        OutputFormat::Parquet => return Err(parquet_needs_output()),
+    }
+    Ok(QuerySummary { rows })
+}
+
+/// Writes every batch of `stream` as one Parquet file, with the lake's writer
+/// settings; returns the row count.
+async fn write_parquet<W: Write + Send>(
+    mut stream: SendableRecordBatchStream,
+    out: W,
+    row_group_rows: usize,
+) -> Result<QuerySummary> {
+    let mut writer = parquet::arrow::ArrowWriter::try_new(
+        out,
+        stream.schema(),
+        Some(writer_properties(row_group_rows)),
+    )
+    .map_err(output_error)?;
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| query_error(&e))?;
+        rows += batch.num_rows() as u64;
+        writer.write(&batch).map_err(output_error)?;
+    }
+    let mut out = writer.into_inner().map_err(output_error)?;
+    out.flush().map_err(output_error)?;
+    Ok(QuerySummary { rows })
+}
+
+fn parquet_needs_output() -> Error {
+    Error::Query("--format parquet writes a file: add --output FILE".into())
+}
+
+fn output_error(e: impl std::fmt::Display) -> Error {
+    Error::Query(format!("writing the result: {e}"))
+}
