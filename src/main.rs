@@ -33,6 +33,21 @@ enum Command {
         #[arg(long = "table", short)]
         tables: Vec<String>,
     },
+    /// Run SQL over the lake's committed files (each table also has a
+    /// `<partition column>_day` date column; filters on it read only those days).
+    Query {
+        /// The pipeline file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// How to print the result (json: one object per line).
+        #[arg(long, value_enum, default_value_t)]
+        format: sluice::query::OutputFormat,
+        /// Write the result to this file instead of stdout (required for parquet).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// One SQL statement, e.g. "SELECT count(*) FROM transactions".
+        sql: String,
+    },
     /// Show the committed state of every table: watermark, partitions, rows.
     State {
         #[command(subcommand)]
@@ -83,6 +98,17 @@ async fn dispatch(command: Command) -> Result<(), Error> {
             let (config, base) = Config::load(&config)?;
             let report = sluice::run(&config, &base, &RunOptions { tables }).await?;
             print!("{}", redact(&summary(&report)));
+            Ok(())
+        }
+        Command::Query {
+            config,
+            format,
+            output,
+            sql,
+        } => {
+            let (config, base) = Config::load(&config)?;
+            let options = sluice::query::QueryOptions { format, output };
+            sluice::query::query(&config, &base, &sql, &options, std::io::stdout().lock()).await?;
             Ok(())
         }
         Command::State {
