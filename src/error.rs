@@ -44,6 +44,8 @@ pub enum Error {
     Warehouse { table: String, message: String },
     #[error("{0}")]
     Query(String),
+    #[error("table {table} is already being written by {holder}; wait for that run to finish")]
+    AlreadyRunning { table: String, holder: String },
 }
 
 impl Error {
@@ -55,6 +57,7 @@ impl Error {
             Error::Lake { .. } => 4,
             Error::Warehouse { .. } => 5,
             Error::Query(_) => 6,
+            Error::AlreadyRunning { .. } => 7,
         }
     }
 

@@ -11,6 +11,7 @@
 pub mod capture;
 pub mod config;
 pub mod error;
+pub mod fault;
 pub mod lake;
 pub mod query;
 pub mod run;

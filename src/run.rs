@@ -29,6 +29,8 @@ use crate::capture::merge::{conform, merge_partition};
 use crate::capture::watermark::{extract_query, CursorColumn, CursorValue, WatermarkTracker};
 use crate::config::{Config, TableConfig};
 use crate::error::{register_url_secret, Error, Result};
+use crate::fault;
+use crate::lake::lock::TableLock;
 use crate::lake::manifest::{FileEntry, Manifest, PartitionEntry};
 use crate::lake::writer::{day_string, parse_day, split_by_day, FileRoller};
 use crate::lake::Lake;
@@ -122,7 +124,18 @@ pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result
             warehouse: warehouse.as_ref(),
             run_id: &run_id,
         };
-        match ctx.run().instrument(span).await {
+        let outcome = async {
+            let lock = TableLock::acquire(&lake, &table.name, &run_id).await?;
+            let outcome = ctx.run().await;
+            // A failed release leaves a lock that expires (or is seen as dead) later.
+            if let Err(e) = lock.release().await {
+                warn!(error = %e, "Could not release the table lock.");
+            }
+            outcome
+        }
+        .instrument(span)
+        .await;
+        match outcome {
             Ok(table_report) => report.tables.push(table_report),
             Err(e) => {
                 report.error = Some(e.to_string());
@@ -239,6 +252,7 @@ impl TableRun<'_> {
                 let (_, roller) = open.as_mut().expect("opened above");
                 report.rows_changed += slice.batch.num_rows() as u64;
                 roller.write(&slice.batch).await?;
+                fault::point("extract.batch");
             }
         }
         if let Some((day, roller)) = open.take() {
@@ -338,10 +352,13 @@ impl TableRun<'_> {
             next.watermark = new_watermark;
             next.boundary_keys = new_boundary.clone();
         }
+        fault::point("lake.before_commit");
         self.commit(&mut next).await?;
+        fault::point("lake.after_commit");
         self.lake
             .delete_files(name, replaced_files.iter().map(String::as_str))
             .await?;
+        fault::point("lake.after_delete");
         info!(
             partitions = touched.len(),
             version = next.version,
@@ -374,10 +391,12 @@ impl TableRun<'_> {
                 report.partitions_loaded.push(day);
                 report.rows_loaded += rows;
             }
+            fault::point("run.before_final_commit");
             next.pending_warehouse.clear();
             next.watermark = new_watermark;
             next.boundary_keys = new_boundary;
             self.commit(&mut next).await?;
+            fault::point("run.after_final_commit");
         }
         report.watermark_after = next.watermark.map(|w: CursorValue| w.to_string());
         report.lake_rows = next.rows();

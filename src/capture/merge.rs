@@ -66,6 +66,7 @@ pub async fn merge_partition(
             let kept = filter_record_batch(&batch, &keep).map_err(|e| Error::capture(table, e))?;
             replaced_rows += (batch.num_rows() - kept.num_rows()) as u64;
             out.write(&kept).await?;
+            crate::fault::point("merge.batch");
         }
     }
     for (path, size) in changed {

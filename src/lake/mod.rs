@@ -11,6 +11,7 @@
 //! _sluice/runs/<run_id>.json                      run reports
 //! ```
 
+pub mod lock;
 pub mod manifest;
 pub mod writer;
 

@@ -90,6 +90,7 @@ impl FileRoller {
     async fn close_current(&mut self) -> Result<()> {
         if let Some((writer, name)) = self.current.take() {
             let metadata = writer.close().await?;
+            crate::fault::point("lake.file_closed");
             let rows = metadata.file_metadata().num_rows() as u64;
             // The writer has flushed everything; the file's size is what it wrote.
             let path = self.dir.clone().join(name.as_str());

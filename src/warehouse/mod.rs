@@ -150,6 +150,7 @@ impl Warehouse {
                 self.s3_call(name, partition)
             );
             self.execute(name, &sql).await?;
+            crate::fault::point("warehouse.after_stage_insert");
         }
         let staged = self
             .count(name, &format!("SELECT count() FROM {stage}"))
@@ -175,6 +176,7 @@ impl Warehouse {
             )
         };
         self.execute(name, &swap).await?;
+        crate::fault::point("warehouse.after_replace");
         let loaded = self
             .count(
                 name,
