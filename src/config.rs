@@ -26,6 +26,9 @@ pub struct Config {
     /// The tables to move, in the order they run.
     #[serde(default, rename = "table")]
     pub tables: Vec<TableConfig>,
+    /// SQL models run over the lake after the tables (see `src/transform/`).
+    #[serde(default)]
+    pub models: Option<crate::transform::config::ModelsConfig>,
 }
 
 /// The lake: a local folder or an S3 bucket with an optional prefix.
@@ -196,6 +199,9 @@ impl Config {
                     "ClickHouse loads read the lake through s3(); set lake.url to s3://bucket/prefix or remove [clickhouse]".into(),
                 ));
             }
+        }
+        if let Some(models) = &self.models {
+            models.validate(self.clickhouse.is_some())?;
         }
         let mut seen = std::collections::BTreeSet::new();
         for t in &self.tables {

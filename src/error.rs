@@ -46,6 +46,8 @@ pub enum Error {
     Query(String),
     #[error("table {table} is already being written by {holder}; wait for that run to finish")]
     AlreadyRunning { table: String, holder: String },
+    #[error(transparent)]
+    Model(#[from] crate::transform::ModelError),
 }
 
 impl Error {
@@ -58,6 +60,7 @@ impl Error {
             Error::Warehouse { .. } => 5,
             Error::Query(_) => 6,
             Error::AlreadyRunning { .. } => 7,
+            Error::Model(_) => 8,
         }
     }
 

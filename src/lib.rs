@@ -16,6 +16,7 @@ pub mod lake;
 pub mod query;
 pub mod run;
 pub mod source;
+pub mod transform;
 pub mod warehouse;
 
 pub use config::Config;

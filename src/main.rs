@@ -48,6 +48,16 @@ enum Command {
         /// One SQL statement, e.g. "SELECT count(*) FROM transactions".
         sql: String,
     },
+    /// Run only the SQL models of the config's `[models]` section over the lake
+    /// (`sluice run` runs them after the tables).
+    Models {
+        /// The pipeline file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Run only this model (repeatable); the models it reads must be in the lake.
+        #[arg(long = "model", short)]
+        models: Vec<String>,
+    },
     /// Show the committed state of every table: watermark, partitions, rows.
     State {
         #[command(subcommand)]
@@ -111,6 +121,13 @@ async fn dispatch(command: Command) -> Result<(), Error> {
             sluice::query::query(&config, &base, &sql, &options, std::io::stdout().lock()).await?;
             Ok(())
         }
+        Command::Models { config, models } => {
+            let (config, base) = Config::load(&config)?;
+            let options = sluice::transform::ModelsOptions { models };
+            let reports = sluice::transform::run_models(&config, &base, &options).await?;
+            print!("{}", redact(&models_summary(&reports)));
+            Ok(())
+        }
         Command::State {
             command: StateCommand::Show { config },
         } => {
@@ -162,6 +179,29 @@ fn summary(report: &sluice::RunReport) -> String {
         for w in &t.warnings {
             out.push_str(&format!("  warning: {w}\n"));
         }
+    }
+    if !report.models.is_empty() {
+        out.push_str(&models_summary(&report.models));
+    }
+    out
+}
+
+fn models_summary(models: &[sluice::transform::ModelReport]) -> String {
+    let mut out = format!(
+        "{:<28} {:>10} {:>10} {:>8} {:>10} {:>7} {:>8}\n",
+        "model", "status", "rows", "dropped", "loaded", "checks", "seconds"
+    );
+    for m in models {
+        out.push_str(&format!(
+            "{:<28} {:>10} {:>10} {:>8} {:>10} {:>7} {:>8.2}\n",
+            m.model,
+            format!("{:?}", m.status).to_lowercase(),
+            m.rows,
+            m.rows_dropped,
+            m.rows_loaded,
+            m.checks.len(),
+            m.seconds
+        ));
     }
     out
 }

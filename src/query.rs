@@ -142,32 +142,24 @@ impl LakeSession {
         let lake = Lake::open(&config.lake, base)?;
         let ctx =
             SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
-        let store_url = match lake.location() {
-            LakeLocation::S3 { bucket, .. } => {
-                let url = object_store_url(&format!("s3://{bucket}"))?;
-                ctx.register_object_store(url.as_ref(), Arc::clone(lake.store()));
-                url
-            }
-            LakeLocation::Local { .. } => {
-                let url = object_store_url("file://")?;
-                ctx.register_object_store(url.as_ref(), Arc::new(LocalFileSystem::new()));
-                url
-            }
-        };
+        let store_url = register_lake_store(&ctx, &lake)?;
         let mut uncommitted = BTreeSet::new();
-        for table in &config.tables {
-            match lake.read_manifest(&table.name).await? {
+        // The tables, then the SQL models materialised in the lake.
+        let mut names: Vec<String> = config.tables.iter().map(|t| t.name.clone()).collect();
+        names.extend(crate::transform::model_names(config, base)?);
+        for name in &names {
+            match lake.read_manifest(name).await? {
                 None => {
-                    uncommitted.insert(table.name.clone());
+                    uncommitted.insert(name.clone());
                 }
                 Some(manifest) => {
                     let provider = LakeTable::new(&lake, store_url.clone(), &manifest)?;
                     tracing::debug!(
-                        table = %table.name,
+                        table = %name,
                         files = provider.files.len(),
                         "Table registered."
                     );
-                    ctx.register_table(table.name.as_str(), Arc::new(provider))
+                    ctx.register_table(name.as_str(), Arc::new(provider))
                         .map_err(|e| query_error(&e))?;
                 }
             }
@@ -232,6 +224,23 @@ fn check_local_lake_exists(config: &LakeConfig, base: &FsPath) -> Result<()> {
     }
 }
 
+/// Registers the lake's object store with `ctx`; returns the URL that
+/// [`LakeTable::new`] needs.
+pub fn register_lake_store(ctx: &SessionContext, lake: &Lake) -> Result<ObjectStoreUrl> {
+    Ok(match lake.location() {
+        LakeLocation::S3 { bucket, .. } => {
+            let url = object_store_url(&format!("s3://{bucket}"))?;
+            ctx.register_object_store(url.as_ref(), Arc::clone(lake.store()));
+            url
+        }
+        LakeLocation::Local { .. } => {
+            let url = object_store_url("file://")?;
+            ctx.register_object_store(url.as_ref(), Arc::new(LocalFileSystem::new()));
+            url
+        }
+    })
+}
+
 fn object_store_url(url: &str) -> Result<ObjectStoreUrl> {
     ObjectStoreUrl::parse(url).map_err(|e| Error::Query(format!("lake URL {url}: {e}")))
 }
@@ -284,6 +293,10 @@ impl LakeTable {
             })
             .collect::<Result<Vec<_>>>()?;
         let file_schema = Arc::new(Schema::new(fields));
+        if manifest.partition_column.is_empty() {
+            // An unpartitioned table (a model without partition_by): no day column.
+            return Self::unpartitioned(lake, store_url, manifest, file_schema);
+        }
         let day_column = format!("{}_day", manifest.partition_column);
         if file_schema.field_with_name(&day_column).is_ok() {
             return Err(Error::Query(format!(
@@ -337,9 +350,31 @@ impl LakeTable {
         })
     }
 
+    /// A table whose manifest has no partition column: its files, no day column.
+    fn unpartitioned(
+        lake: &Lake,
+        store_url: ObjectStoreUrl,
+        manifest: &Manifest,
+        file_schema: SchemaRef,
+    ) -> Result<Self> {
+        let mut one_day = manifest.clone();
+        let mut all = crate::lake::manifest::PartitionEntry::default();
+        for partition in manifest.partitions.values() {
+            all.rows += partition.rows;
+            all.files.extend(partition.files.iter().cloned());
+        }
+        one_day.partitions = [("1970-01-01".to_string(), all)].into();
+        one_day.partition_column = "_unpartitioned".into();
+        let mut table = Self::new(lake, store_url, &one_day)?;
+        table.schema = Arc::clone(&file_schema);
+        table.file_schema = file_schema;
+        table.day_column = String::new();
+        Ok(table)
+    }
+
     /// Whether `filter` can be decided from the day column alone.
     fn is_day_filter(&self, filter: &Expr) -> bool {
-        expr_applicable_for_cols(&[self.day_column.as_str()], filter)
+        !self.day_column.is_empty() && expr_applicable_for_cols(&[self.day_column.as_str()], filter)
     }
 
     /// The files whose day passes every filter in `day_filters`, evaluated once on
@@ -410,18 +445,25 @@ impl LakeTable {
                 e_tag: None,
                 version: None,
             };
-            file_groups[i % groups].push(
-                PartitionedFile::new_from_meta(meta)
-                    .with_partition_values(vec![ScalarValue::Date32(Some(file.day))]),
-            );
+            let scanned = PartitionedFile::new_from_meta(meta);
+            file_groups[i % groups].push(if self.day_column.is_empty() {
+                scanned
+            } else {
+                scanned.with_partition_values(vec![ScalarValue::Date32(Some(file.day))])
+            });
         }
         let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
-        let table_schema = TableSchema::builder(Arc::clone(&self.file_schema))
-            .with_table_partition_cols(vec![Arc::new(Field::new(
+        let partition_cols = if self.day_column.is_empty() {
+            Vec::new()
+        } else {
+            vec![Arc::new(Field::new(
                 &self.day_column,
                 DataType::Date32,
                 false,
-            ))])
+            ))]
+        };
+        let table_schema = TableSchema::builder(Arc::clone(&self.file_schema))
+            .with_table_partition_cols(partition_cols)
             .build();
         let config =
             FileScanConfigBuilder::new(self.store_url.clone(), format.file_source(table_schema))

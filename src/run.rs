@@ -76,6 +76,8 @@ pub struct RunReport {
     pub started_at: String,
     pub finished_at: String,
     pub tables: Vec<TableReport>,
+    /// The SQL models run after the tables (see `src/transform/`).
+    pub models: Vec<crate::transform::ModelReport>,
     pub error: Option<String>,
 }
 
@@ -109,6 +111,7 @@ pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result
         started_at: started.to_rfc3339(),
         finished_at: String::new(),
         tables: Vec::new(),
+        models: Vec::new(),
         error: None,
     };
     let mut failure = None;
@@ -142,6 +145,22 @@ pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result
                 failure = Some(e);
                 break;
             }
+        }
+    }
+    if failure.is_none() {
+        if let Err(e) = crate::transform::models::run_after_tables(
+            config,
+            base,
+            &lake,
+            warehouse.as_ref(),
+            &run_id,
+            &Default::default(),
+            &mut report.models,
+        )
+        .await
+        {
+            report.error = Some(e.to_string());
+            failure = Some(e);
         }
     }
     report.finished_at = chrono::Utc::now().to_rfc3339();

@@ -122,6 +122,32 @@ impl Warehouse {
         .await
     }
 
+    /// Creates the database, the table `name` with `create_table` (a `CREATE TABLE
+    /// IF NOT EXISTS`), and its staging twin, for tables not described by a
+    /// [`TableConfig`] (SQL models).
+    pub async fn ensure_table_with(&self, name: &str, create_table: &str) -> Result<()> {
+        self.execute(
+            name,
+            &format!("CREATE DATABASE IF NOT EXISTS {}", ident(&self.database)),
+        )
+        .await?;
+        self.execute(name, create_table).await?;
+        self.execute(
+            name,
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {} AS {}",
+                self.qualified(&Self::staging_table(name)),
+                self.qualified(name)
+            ),
+        )
+        .await
+    }
+
+    /// The database the tables live in.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
     /// Replaces one day of `config.name` with the lake's files of that day and
     /// checks the row count. Returns the rows now in that ClickHouse partition.
     pub async fn load_partition(

@@ -1,0 +1,926 @@
+//! Running models: each one is planned by DataFusion over the lake's committed
+//! tables, written as Parquet under fresh names, checked, and only then published
+//! by replacing its `_manifest.json` (the same commit point as the extracted
+//! tables, so `sluice query` and later models read it like any table). ClickHouse
+//! is loaded from the committed files afterwards, partition by partition with
+//! `REPLACE PARTITION` (an unpartitioned model is the single partition `all`).
+//!
+//! A model whose SQL or checks fail is not published; every model that reads it,
+//! directly or not, is skipped; models that do not depend on it still run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path as FsPath;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::TableProvider;
+use datafusion::common::Column;
+use datafusion::dataframe::DataFrame;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::Expr;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
+use serde::Serialize;
+use tracing::{info, info_span, warn, Instrument};
+
+use super::checks::{quote, run_checks, scalar, CheckOutcome};
+use super::config::ModelsConfig;
+use super::project::{line_in_message, line_of, Model, Project};
+use super::ModelError;
+use crate::config::{Config, TableConfig};
+use crate::error::{Error, Result};
+use crate::lake::manifest::{FileEntry, Manifest, PartitionEntry};
+use crate::lake::writer::{day_string, split_by_day, FileRoller};
+use crate::lake::Lake;
+use crate::query::{register_lake_store, LakeTable};
+use crate::warehouse::ddl::{column_type, ident, partition_expression};
+use crate::warehouse::Warehouse;
+
+/// The partition name of an unpartitioned model (its folder, and the ClickHouse
+/// partition ID of a table without `PARTITION BY`).
+pub const WHOLE_TABLE: &str = "all";
+
+/// Which models to run.
+#[derive(Debug, Clone, Default)]
+pub struct ModelsOptions {
+    /// Only these models (all when empty); the models they read must already be
+    /// in the lake.
+    pub models: Vec<String>,
+}
+
+/// What became of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelStatus {
+    /// Committed to the lake (and loaded into ClickHouse when configured).
+    Published,
+    /// Its SQL or a check failed: nothing was published.
+    Failed,
+    /// A model it reads failed or was skipped.
+    Skipped,
+}
+
+/// What one model's run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelReport {
+    pub model: String,
+    pub status: ModelStatus,
+    /// Rows written to the lake.
+    pub rows: u64,
+    /// Rows dropped by `drop_unmatched` (validate-before-write).
+    pub rows_dropped: u64,
+    pub partitions: usize,
+    pub files: usize,
+    pub bytes: u64,
+    /// Rows loaded into ClickHouse.
+    pub rows_loaded: u64,
+    pub checks: Vec<CheckOutcome>,
+    pub error: Option<String>,
+    pub seconds: f64,
+}
+
+impl ModelReport {
+    fn new(model: &str, status: ModelStatus) -> Self {
+        Self {
+            model: model.to_string(),
+            status,
+            rows: 0,
+            rows_dropped: 0,
+            partitions: 0,
+            files: 0,
+            bytes: 0,
+            rows_loaded: 0,
+            checks: Vec::new(),
+            error: None,
+            seconds: 0.0,
+        }
+    }
+}
+
+/// `sluice models`: runs the models of `config` on their own, with a run id of
+/// their own.
+pub async fn run_models(
+    config: &Config,
+    base: &FsPath,
+    options: &ModelsOptions,
+) -> Result<Vec<ModelReport>> {
+    let lake = Lake::open(&config.lake, base)?;
+    let warehouse = match &config.clickhouse {
+        Some(ch) => Some(Warehouse::new(ch, &lake)?),
+        None => None,
+    };
+    let now = chrono::Utc::now();
+    let run_id = format!(
+        "{}-{}",
+        now.format("%Y%m%dT%H%M%SZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let mut reports = Vec::new();
+    run_after_tables(
+        config,
+        base,
+        &lake,
+        warehouse.as_ref(),
+        &run_id,
+        options,
+        &mut reports,
+    )
+    .await?;
+    Ok(reports)
+}
+
+/// Runs the models of `config` (nothing without a `[models]` section), pushing one
+/// report per model onto `reports`. Fails with [`ModelError::Run`] when a model
+/// failed, after running every model that does not depend on it; a lake or
+/// ClickHouse error stops the run at once.
+pub async fn run_after_tables(
+    config: &Config,
+    base: &FsPath,
+    lake: &Lake,
+    warehouse: Option<&Warehouse>,
+    run_id: &str,
+    options: &ModelsOptions,
+    reports: &mut Vec<ModelReport>,
+) -> Result<()> {
+    let Some(models_config) = &config.models else {
+        return Ok(());
+    };
+    let runner = Runner::open(config, models_config, base, lake, warehouse, run_id).await?;
+    if let Some(unknown) = options
+        .models
+        .iter()
+        .find(|m| runner.project.model(m).is_none())
+    {
+        return Err(Error::Config(crate::error::ConfigError::Invalid {
+            table: unknown.clone(),
+            field: "--model".into(),
+            reason: format!("is not a model of {}", runner.project.dir.display()),
+        }));
+    }
+    let mut failed: Vec<String> = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
+    let mut messages = Vec::new();
+    for model in &runner.project.models {
+        if !options.models.is_empty() && !options.models.contains(&model.name) {
+            continue;
+        }
+        if let Some(blocked) = model
+            .models
+            .iter()
+            .find(|d| failed.contains(d) || skipped.contains(d))
+        {
+            warn!(model = %model.name, upstream = %blocked, "Model skipped: a model it reads was not published.");
+            let mut report = ModelReport::new(&model.name, ModelStatus::Skipped);
+            report.error = Some(format!("not run: {blocked} was not published"));
+            reports.push(report);
+            skipped.push(model.name.clone());
+            continue;
+        }
+        let span = info_span!("model", model = %model.name);
+        let started = Instant::now();
+        let outcome = async {
+            // The same per-table lock as the extract: one writer per lake table.
+            let lock = crate::lake::lock::TableLock::acquire(lake, &model.name, run_id)
+                .await
+                .map_err(|e| (e, Vec::new()))?;
+            let outcome = runner.run(model).await;
+            if let Err(e) = lock.release().await {
+                warn!(error = %e, "Could not release the model's lock.");
+            }
+            outcome
+        }
+        .instrument(span)
+        .await;
+        match outcome {
+            Ok(mut report) => {
+                report.seconds = started.elapsed().as_secs_f64();
+                info!(model = %model.name, rows = report.rows, seconds = report.seconds, "Model published.");
+                reports.push(report);
+            }
+            Err((Error::Model(e), checks)) => {
+                warn!(model = %model.name, error = %e, "Model failed.");
+                let mut report = ModelReport::new(&model.name, ModelStatus::Failed);
+                report.error = Some(e.to_string());
+                report.checks = checks;
+                report.seconds = started.elapsed().as_secs_f64();
+                reports.push(report);
+                messages.push(e.to_string());
+                failed.push(model.name.clone());
+            }
+            Err((other, _)) => return Err(other),
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(ModelError::Run {
+            failed,
+            skipped,
+            messages,
+        }
+        .into())
+    }
+}
+
+/// The session and settings shared by the models of one run.
+struct Runner<'a> {
+    project: Project,
+    ctx: SessionContext,
+    lake: &'a Lake,
+    store_url: datafusion::execution::object_store::ObjectStoreUrl,
+    /// Where models are loaded, when they are.
+    warehouse: Option<&'a Warehouse>,
+    models_config: &'a ModelsConfig,
+    run_id: &'a str,
+}
+
+/// A model's failure, with the checks that ran before it.
+type Failure = (Error, Vec<CheckOutcome>);
+
+impl<'a> Runner<'a> {
+    async fn open(
+        config: &Config,
+        models_config: &'a ModelsConfig,
+        base: &FsPath,
+        lake: &'a Lake,
+        warehouse: Option<&'a Warehouse>,
+        run_id: &'a str,
+    ) -> Result<Self> {
+        let mut session = SessionConfig::new();
+        // Planning errors then carry the line of the offending identifier.
+        session.options_mut().sql_parser.collect_spans = true;
+        let ctx = SessionContext::new_with_config(session);
+        let tables: BTreeSet<String> = config.tables.iter().map(|t| t.name.clone()).collect();
+        let project = Project::load(models_config, base, &tables, &ctx.state())?;
+        let store_url = register_lake_store(&ctx, lake)?;
+        // Every table a model reads must be in the lake; models already built are
+        // registered too (for --model runs), and replaced as they are rebuilt.
+        let mut registered = BTreeSet::new();
+        for model in &project.models {
+            for table in &model.tables {
+                if registered.contains(table) {
+                    continue;
+                }
+                let Some(manifest) = lake.read_manifest(table).await? else {
+                    return Err(ModelError::UnknownName {
+                        model: model.name.clone(),
+                        file: model.file.clone(),
+                        line: line_of(&model.sql, table),
+                        name: table.clone(),
+                    }
+                    .into());
+                };
+                register(
+                    &ctx,
+                    table,
+                    LakeTable::new(lake, store_url.clone(), &manifest)?,
+                )?;
+                registered.insert(table.clone());
+            }
+        }
+        for model in &project.models {
+            if let Some(manifest) = lake.read_manifest(&model.name).await? {
+                register(
+                    &ctx,
+                    &model.name,
+                    LakeTable::new(lake, store_url.clone(), &manifest)?,
+                )?;
+            }
+        }
+        Ok(Self {
+            project,
+            ctx,
+            lake,
+            store_url,
+            warehouse,
+            models_config,
+            run_id,
+        })
+    }
+
+    /// Builds, checks and publishes one model.
+    async fn run(&self, model: &Model) -> std::result::Result<ModelReport, Failure> {
+        let no_checks = |e: Error| (e, Vec::new());
+        let name = model.name.as_str();
+        let mut report = ModelReport::new(name, ModelStatus::Published);
+        let old = self.lake.read_manifest(name).await.map_err(no_checks)?;
+        remove_orphans(self.lake, name, old.as_ref())
+            .await
+            .map_err(no_checks)?;
+
+        // Plan (and count what validate-before-write drops).
+        let sql = self.model_sql(model);
+        let frame = self.plan(model, &sql).await.map_err(no_checks)?;
+        if !model.settings.drop_unmatched.is_empty() {
+            let dropped_sql = self.dropped_sql(model);
+            report.rows_dropped = scalar(&self.ctx, &dropped_sql)
+                .await
+                .map_err(|e| no_checks(sql_error(model, &model.sql, &e)))?;
+            if report.rows_dropped > 0 {
+                warn!(
+                    rows = report.rows_dropped,
+                    "Rows without a match dropped before writing."
+                );
+            }
+        }
+        let partition_by = model.settings.partition_by.clone();
+        let frame = match &partition_by {
+            Some(column) => {
+                check_partition_column(model, frame.schema().as_arrow(), column)
+                    .map_err(no_checks)?;
+                let by = Expr::Column(Column::new_unqualified(column));
+                frame
+                    .sort(vec![by.sort(true, true)])
+                    .map_err(|e| no_checks(sql_error(model, &model.sql, &e)))?
+            }
+            None => frame,
+        };
+        let stream = frame
+            .execute_stream()
+            .await
+            .map_err(|e| no_checks(sql_error(model, &model.sql, &e)))?;
+
+        // Write under fresh names: invisible until the manifest names them.
+        let key = model.settings.key.clone().unwrap_or_default();
+        let written = write_files(
+            self.lake,
+            name,
+            partition_by.as_deref(),
+            self.run_id,
+            stream,
+        )
+        .await
+        .map_err(|e| match e {
+            WriteError::Rows(e) => no_checks(sql_error(model, &model.sql, &e)),
+            WriteError::Partition(message) => no_checks(
+                ModelError::Sql {
+                    model: name.to_string(),
+                    file: model.file.clone(),
+                    line: None,
+                    message,
+                }
+                .into(),
+            ),
+            WriteError::Lake(e) => no_checks(e),
+        })?;
+        let mut next = Manifest::new(name, partition_by.as_deref().unwrap_or(""), &key);
+        next.version = old.as_ref().map(|m| m.version).unwrap_or(0);
+        next.run_id = self.run_id.to_string();
+        next.set_schema(&written.schema);
+        next.partitions = written.partitions;
+        report.rows = next.rows();
+        report.partitions = next.partitions.len();
+        report.files = next.partitions.values().map(|p| p.files.len()).sum();
+        report.bytes = next
+            .partitions
+            .values()
+            .flat_map(|p| p.files.iter().map(|f| f.bytes))
+            .sum();
+
+        // Check the new rows before anyone can see them.
+        let candidate =
+            LakeTable::new(self.lake, self.store_url.clone(), &next).map_err(no_checks)?;
+        let previous = self.ctx.table_provider(name).await.ok();
+        register(&self.ctx, name, candidate).map_err(no_checks)?;
+        let checks = run_checks(&self.ctx, name, &model.settings.checks).await;
+        let failure = match checks {
+            Err(e) => Some((
+                ModelError::Sql {
+                    model: name.to_string(),
+                    file: model.file.clone(),
+                    line: None,
+                    message: format!(
+                        "a check could not run (see [models.model.{name}.checks]): {e}"
+                    ),
+                }
+                .into(),
+                Vec::new(),
+            )),
+            Ok(outcomes) if outcomes.iter().any(|c| !c.passed()) => {
+                let failures: Vec<CheckOutcome> =
+                    outcomes.iter().filter(|c| !c.passed()).cloned().collect();
+                Some((
+                    ModelError::CheckFailed {
+                        model: name.to_string(),
+                        file: model.file.clone(),
+                        failures,
+                    }
+                    .into(),
+                    outcomes,
+                ))
+            }
+            Ok(outcomes) => {
+                report.checks = outcomes;
+                None
+            }
+        };
+        if let Some(failure) = failure {
+            // Not published: the old table stays, the new files go.
+            let _ = self.ctx.deregister_table(name);
+            if let Some(previous) = previous {
+                let _ = self.ctx.register_table(name, previous);
+            }
+            let new_files: Vec<String> = next.live_files().into_iter().map(String::from).collect();
+            self.lake
+                .delete_files(name, new_files.iter().map(String::as_str))
+                .await
+                .map_err(no_checks)?;
+            return Err(failure);
+        }
+
+        // Publish: one manifest PUT, then the old files go.
+        let loads = self.warehouse.is_some()
+            && self
+                .models_config
+                .loads_clickhouse(name, self.warehouse.is_some());
+        if loads {
+            let mut pending: BTreeSet<String> = next.partitions.keys().cloned().collect();
+            if let Some(old) = &old {
+                pending.extend(old.partitions.keys().cloned());
+                pending.extend(old.pending_warehouse.iter().cloned());
+            }
+            if partition_by.is_none() {
+                pending = [WHOLE_TABLE.to_string()].into();
+            }
+            next.pending_warehouse = pending;
+        }
+        commit(self.lake, &mut next).await.map_err(no_checks)?;
+        if let Some(old) = &old {
+            let live = next.live_files();
+            let replaced: Vec<&str> = old
+                .live_files()
+                .into_iter()
+                .filter(|f| !live.contains(f))
+                .collect();
+            self.lake
+                .delete_files(name, replaced)
+                .await
+                .map_err(no_checks)?;
+        }
+        info!(
+            rows = report.rows,
+            partitions = report.partitions,
+            version = next.version,
+            "Model committed to the lake."
+        );
+
+        if loads {
+            let warehouse = self.warehouse.expect("loads implies a warehouse");
+            report.rows_loaded = self
+                .load(warehouse, model, &written.schema, &next)
+                .await
+                .map_err(|e| (e, report.checks.clone()))?;
+            next.pending_warehouse.clear();
+            commit(self.lake, &mut next).await.map_err(no_checks)?;
+        }
+        Ok(report)
+    }
+
+    /// The model's SQL, wrapped to drop unmatched rows when the model asks for it.
+    /// The wrapper adds no line before the model's first, so lines stay true.
+    fn model_sql(&self, model: &Model) -> String {
+        let body = model.sql.trim_end().trim_end_matches(';');
+        if model.settings.drop_unmatched.is_empty() {
+            return body.to_string();
+        }
+        format!(
+            "SELECT * FROM ({body}\n) AS __model WHERE {}",
+            self.matched_condition(model)
+        )
+    }
+
+    fn matched_condition(&self, model: &Model) -> String {
+        model
+            .settings
+            .drop_unmatched
+            .iter()
+            .map(|r| {
+                format!(
+                    "EXISTS (SELECT 1 FROM {to} AS __ref WHERE __ref.{f} = __model.{c})",
+                    to = quote(&r.to),
+                    f = quote(r.field()),
+                    c = quote(&r.column)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    fn dropped_sql(&self, model: &Model) -> String {
+        let body = model.sql.trim_end().trim_end_matches(';');
+        format!(
+            "SELECT count(*) FROM ({body}\n) AS __model WHERE NOT ({})",
+            self.matched_condition(model)
+        )
+    }
+
+    /// Parses and plans `sql`; errors name the model's file and line.
+    async fn plan(&self, model: &Model, sql: &str) -> Result<DataFrame> {
+        let state = self.ctx.state();
+        let dialect = state.config_options().sql_parser.dialect;
+        let statement = state
+            .sql_to_statement(sql, &dialect)
+            .map_err(|e| sql_error(model, &model.sql, &e))?;
+        let plan = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| sql_error(model, &model.sql, &e))?;
+        Ok(DataFrame::new(state, plan))
+    }
+
+    /// Loads the committed model into ClickHouse; returns the rows loaded.
+    async fn load(
+        &self,
+        warehouse: &Warehouse,
+        model: &Model,
+        schema: &Schema,
+        manifest: &Manifest,
+    ) -> Result<u64> {
+        let name = &model.name;
+        let key = model.settings.key.clone().unwrap_or_default();
+        let partition_by = model.settings.partition_by.clone();
+        let ddl = create_table(
+            warehouse.database(),
+            name,
+            schema,
+            partition_by.as_deref(),
+            &key,
+        )
+        .map_err(|e| Error::warehouse(name, e))?;
+        warehouse.ensure_table_with(name, &ddl).await?;
+        let table = table_config(name, &key, partition_by.as_deref())?;
+        let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let mut rows = 0;
+        for day in &manifest.pending_warehouse {
+            let partition = if model.settings.partition_by.is_none() {
+                whole(manifest)
+            } else {
+                manifest.partitions.get(day).cloned().unwrap_or_default()
+            };
+            rows += warehouse
+                .load_partition(&table, &columns, day, &partition)
+                .await?;
+        }
+        info!(
+            rows,
+            partitions = manifest.pending_warehouse.len(),
+            "Model loaded into ClickHouse."
+        );
+        Ok(rows)
+    }
+}
+
+/// The [`TableConfig`] that [`Warehouse::load_partition`] takes, for a model
+/// (every field not given here at its default).
+fn table_config(name: &str, key: &[String], partition_by: Option<&str>) -> Result<TableConfig> {
+    let mut table = toml::map::Map::new();
+    table.insert("name".into(), name.into());
+    table.insert("source".into(), "-".into());
+    table.insert(
+        "key".into(),
+        toml::Value::Array(key.iter().map(|k| k.as_str().into()).collect()),
+    );
+    table.insert("partition_by".into(), partition_by.unwrap_or("").into());
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| Error::warehouse(name, e))
+}
+
+/// Every file of a manifest as one partition.
+fn whole(manifest: &Manifest) -> PartitionEntry {
+    let mut all = PartitionEntry::default();
+    for p in manifest.partitions.values() {
+        all.rows += p.rows;
+        all.files.extend(p.files.iter().cloned());
+    }
+    all
+}
+
+/// `CREATE TABLE IF NOT EXISTS` for a model: partitioned by day like the extracted
+/// tables, or without `PARTITION BY` (one partition, ID `all`).
+pub fn create_table(
+    database: &str,
+    table: &str,
+    schema: &Schema,
+    partition_by: Option<&str>,
+    key: &[String],
+) -> std::result::Result<String, String> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let not_null = Some(f.name().as_str()) == partition_by || key.contains(f.name());
+            Ok(format!(
+                "    {} {}",
+                ident(f.name()),
+                column_type(f, not_null)?
+            ))
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    let order_by = if key.is_empty() {
+        "tuple()".to_string()
+    } else {
+        format!(
+            "({})",
+            key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ")
+        )
+    };
+    let partition = partition_by
+        .map(|c| format!("\nPARTITION BY {}", partition_expression(c)))
+        .unwrap_or_default();
+    Ok(format!(
+        "CREATE TABLE IF NOT EXISTS {}.{} (\n{}\n)\nENGINE = MergeTree{partition}\nORDER BY {order_by}",
+        ident(database),
+        ident(table),
+        columns.join(",\n")
+    ))
+}
+
+fn register(ctx: &SessionContext, name: &str, table: LakeTable) -> Result<()> {
+    let _ = ctx.deregister_table(name);
+    ctx.register_table(name, Arc::new(table) as Arc<dyn TableProvider>)
+        .map(|_| ())
+        .map_err(|e| Error::Query(e.to_string()))
+}
+
+fn check_partition_column(model: &Model, schema: &Schema, column: &str) -> Result<()> {
+    let field = schema
+        .field_with_name(column)
+        .map_err(|_| ModelError::Sql {
+            model: model.name.clone(),
+            file: model.file.clone(),
+            line: None,
+            message: format!(
+                "partition_by = {column:?} is not a column of the model ({})",
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })?;
+    if !matches!(
+        field.data_type(),
+        DataType::Date32 | DataType::Date64 | DataType::Timestamp(_, _)
+    ) {
+        return Err(ModelError::Sql {
+            model: model.name.clone(),
+            file: model.file.clone(),
+            line: None,
+            message: format!(
+                "partition_by = {column:?} is {}, not a date or timestamp",
+                field.data_type()
+            ),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// A DataFusion error in a model, with the line it points at: from the error's
+/// diagnostic span, the parser's `Line: N`, or the first line naming what it
+/// could not find.
+fn sql_error(model: &Model, sql: &str, e: &DataFusionError) -> Error {
+    let message = crate::error::redact(&e.to_string());
+    let line = e
+        .diagnostic()
+        .and_then(|d| d.span)
+        .map(|s| s.start.line)
+        .filter(|l| *l > 0)
+        .or_else(|| line_in_message(&message))
+        .or_else(|| missing_name(&message).and_then(|n| line_of(sql, &n)));
+    ModelError::Sql {
+        model: model.name.clone(),
+        file: model.file.clone(),
+        line,
+        message,
+    }
+    .into()
+}
+
+/// The name in "No field named x" or "table '…x' not found".
+fn missing_name(message: &str) -> Option<String> {
+    let clean = |s: &str| {
+        s.trim_matches(|c| c == '"' || c == '\'' || c == '`')
+            .rsplit('.')
+            .next()
+            .unwrap_or("")
+            .trim_matches('"')
+            .to_string()
+    };
+    if let Some(rest) = message.split("No field named ").nth(1) {
+        let name: String = rest
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != ',')
+            .collect();
+        return Some(clean(name.trim_end_matches('.')));
+    }
+    if let Some(rest) = message.split("table '").nth(1) {
+        return rest.split('\'').next().map(clean);
+    }
+    None
+}
+
+async fn commit(lake: &Lake, next: &mut Manifest) -> Result<()> {
+    next.version += 1;
+    next.committed_at = chrono::Utc::now().to_rfc3339();
+    lake.write_manifest(next).await
+}
+
+/// Deletes Parquet files under the model's folder that its manifest does not list
+/// (a run that died before its commit).
+async fn remove_orphans(lake: &Lake, name: &str, manifest: Option<&Manifest>) -> Result<()> {
+    let live = manifest.map(|m| m.live_files()).unwrap_or_default();
+    let orphans: Vec<String> = lake
+        .list(name)
+        .await?
+        .into_iter()
+        .map(|(path, _)| path)
+        .filter(|p| p.ends_with(".parquet") && !live.contains(p.as_str()))
+        .collect();
+    if !orphans.is_empty() {
+        warn!(
+            files = orphans.len(),
+            "Removing files left by an interrupted run."
+        );
+        lake.delete_files(name, orphans.iter().map(String::as_str))
+            .await?;
+    }
+    Ok(())
+}
+
+/// What [`write_files`] wrote.
+struct Written {
+    schema: SchemaRef,
+    partitions: BTreeMap<String, PartitionEntry>,
+}
+
+enum WriteError {
+    /// Computing the rows failed.
+    Rows(DataFusionError),
+    /// A row has no partition day.
+    Partition(String),
+    Lake(Error),
+}
+
+impl From<Error> for WriteError {
+    fn from(e: Error) -> Self {
+        WriteError::Lake(e)
+    }
+}
+
+/// Writes a stream as the files of table `name`: one folder per day of
+/// `partition_by` (rows must arrive ordered by it), or the single folder `all`.
+async fn write_files(
+    lake: &Lake,
+    name: &str,
+    partition_by: Option<&str>,
+    run_id: &str,
+    mut stream: SendableRecordBatchStream,
+) -> std::result::Result<Written, WriteError> {
+    let schema = stream.schema();
+    let column = match partition_by {
+        Some(c) => Some(
+            schema
+                .index_of(c)
+                .map_err(|e| WriteError::Partition(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let mut partitions = BTreeMap::new();
+    let mut open: Option<(String, FileRoller)> = None;
+    let mut seq = 0usize;
+    let roller = |folder: &str, seq: usize| {
+        let rel = match partition_by {
+            Some(c) => format!("{c}={folder}"),
+            None => folder.to_string(),
+        };
+        let dir = lake.table_path(name).join(rel.as_str());
+        FileRoller::new(lake, dir, rel, &format!("{run_id}-{seq}"), schema.clone())
+    };
+    async fn close(
+        partitions: &mut BTreeMap<String, PartitionEntry>,
+        day: String,
+        roller: FileRoller,
+    ) -> Result<()> {
+        let files: Vec<FileEntry> = roller.finish().await?;
+        let entry: &mut PartitionEntry = partitions.entry(day).or_default();
+        entry.rows += files.iter().map(|f| f.rows).sum::<u64>();
+        entry.files.extend(files);
+        Ok(())
+    }
+    while let Some(batch) = stream.next().await {
+        let batch: RecordBatch = batch.map_err(WriteError::Rows)?;
+        let slices = match column {
+            Some(index) => split_by_day(&batch, index, partition_by.unwrap_or_default())
+                .map_err(WriteError::Partition)?
+                .into_iter()
+                .map(|s| (day_string(s.day), s.batch))
+                .collect(),
+            None => vec![(WHOLE_TABLE.to_string(), batch)],
+        };
+        for (day, slice) in slices {
+            if open.as_ref().map(|(d, _)| d) != Some(&day) {
+                if let Some((d, r)) = open.take() {
+                    close(&mut partitions, d, r).await?;
+                }
+                open = Some((day.clone(), roller(&day, seq)));
+                seq += 1;
+            }
+            let (_, r) = open.as_mut().expect("opened above");
+            r.write(&slice).await?;
+        }
+    }
+    if let Some((d, r)) = open.take() {
+        close(&mut partitions, d, r).await?;
+    }
+    partitions.retain(|_, p: &mut PartitionEntry| p.rows > 0);
+    Ok(Written { schema, partitions })
+}
+
+/// Writes `batches` as the committed lake table `name` (partitioned by the day of
+/// `partition_by` when given), replacing what the table held. For fixtures and
+/// tools that put data in the lake without a source.
+pub async fn write_table(
+    lake: &Lake,
+    name: &str,
+    partition_by: Option<&str>,
+    key: &[String],
+    batches: Vec<RecordBatch>,
+) -> Result<Manifest> {
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .ok_or_else(|| Error::lake(format!("{name}: no batches to write")))?;
+    let ctx = SessionContext::new();
+    let frame = ctx
+        .read_batches(batches)
+        .map_err(|e| Error::Query(e.to_string()))?;
+    let frame = match partition_by {
+        Some(c) => frame
+            .sort(vec![
+                Expr::Column(Column::new_unqualified(c)).sort(true, true)
+            ])
+            .map_err(|e| Error::Query(e.to_string()))?,
+        None => frame,
+    };
+    let stream = frame
+        .execute_stream()
+        .await
+        .map_err(|e| Error::Query(e.to_string()))?;
+    let old = lake.read_manifest(name).await?;
+    let run_id = format!(
+        "fixture-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let written = write_files(lake, name, partition_by, &run_id, stream)
+        .await
+        .map_err(|e| match e {
+            WriteError::Rows(e) => Error::Query(e.to_string()),
+            WriteError::Partition(m) => Error::Query(m),
+            WriteError::Lake(e) => e,
+        })?;
+    let mut next = Manifest::new(name, partition_by.unwrap_or(""), key);
+    next.version = old.as_ref().map(|m| m.version).unwrap_or(0);
+    next.run_id = run_id;
+    next.set_schema(&schema);
+    next.partitions = written.partitions;
+    commit(lake, &mut next).await?;
+    if let Some(old) = old {
+        lake.delete_files(name, old.live_files()).await?;
+    }
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_names_are_found_in_messages() {
+        assert_eq!(
+            missing_name("Schema error: No field named amout. Valid fields are t.amount."),
+            Some("amout".into())
+        );
+        assert_eq!(
+            missing_name("Error during planning: table 'datafusion.public.userz' not found"),
+            Some("userz".into())
+        );
+    }
+
+    #[test]
+    fn unpartitioned_model_ddl() {
+        let schema = Schema::new(vec![
+            arrow::datatypes::Field::new("merchant_id", DataType::Int64, true),
+            arrow::datatypes::Field::new("n", DataType::Int64, false),
+        ]);
+        assert_eq!(
+            create_table("db", "m", &schema, None, &["merchant_id".into()]).unwrap(),
+            "CREATE TABLE IF NOT EXISTS `db`.`m` (\n    `merchant_id` Int64,\n    `n` Int64\n)\nENGINE = MergeTree\nORDER BY (`merchant_id`)"
+        );
+    }
+}

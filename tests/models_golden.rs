@@ -1,0 +1,147 @@
+//! Golden tests of the example SQL models: each project in `sql/` runs over the
+//! small fixed lake tables of its `fixtures/` folder (written as Parquet lake
+//! tables), and every model's rows must equal its `<model>.expected` file.
+//!
+//! `SLUICE_BLESS=1 cargo test --test models_golden` rewrites the expected files.
+
+use std::path::{Path, PathBuf};
+
+use datafusion::prelude::SessionContext;
+use sluice::config::Config;
+use sluice::lake::Lake;
+use sluice::query::{query, OutputFormat, QueryOptions};
+use sluice::transform::{write_table, ModelStatus, ModelsOptions};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `-- sluice: name = value` header lines of a fixture.
+fn header(sql: &str, name: &str) -> Option<String> {
+    sql.lines()
+        .filter_map(|l| l.trim().strip_prefix("-- sluice:"))
+        .filter_map(|s| s.split_once('='))
+        .find(|(k, _)| k.trim() == name)
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// Writes every `fixtures/<table>.sql` of `project` as the lake table `<table>`.
+pub async fn write_fixtures(lake: &Lake, project: &Path) {
+    let mut fixtures: Vec<_> = std::fs::read_dir(project.join("fixtures"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .collect();
+    fixtures.sort();
+    let ctx = SessionContext::new();
+    for path in fixtures {
+        let sql = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_stem().unwrap().to_str().unwrap();
+        let batches = ctx
+            .sql(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .collect()
+            .await
+            .unwrap();
+        let key: Vec<String> = header(&sql, "key")
+            .map(|k| k.split(',').map(|c| c.trim().to_string()).collect())
+            .unwrap_or_default();
+        write_table(
+            lake,
+            name,
+            header(&sql, "partition_by").as_deref(),
+            &key,
+            batches,
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// The config of `example` with its lake in `lake_dir`, no ClickHouse, and the
+/// models of `sql/<project>`.
+fn example_config(example: &str, project: &str, lake_dir: &Path) -> Config {
+    let text = std::fs::read_to_string(root().join("examples").join(example)).unwrap();
+    let mut config = Config::from_toml(&text, &|_| Some("unused".into())).unwrap();
+    config.lake.url = lake_dir.to_str().unwrap().to_string();
+    config.clickhouse = None;
+    let models = config.models.as_mut().expect("the example has [models]");
+    models.path = root()
+        .join("sql")
+        .join(project)
+        .to_str()
+        .unwrap()
+        .to_string();
+    models.clickhouse = None;
+    config
+}
+
+/// Every row of `table`, sorted by every column, as a pretty table.
+async fn rows(config: &Config, base: &Path, lake: &Lake, table: &str) -> String {
+    // The model's own columns (not the `<partition column>_day` the lake adds).
+    let columns: Vec<String> = lake
+        .read_manifest(table)
+        .await
+        .unwrap()
+        .unwrap()
+        .schema
+        .iter()
+        .map(|c| format!("\"{}\"", c.name))
+        .collect();
+    let order = columns.join(", ");
+    let mut out = Vec::new();
+    query(
+        config,
+        base,
+        &format!("SELECT {order} FROM {table} ORDER BY {order}"),
+        &QueryOptions {
+            format: OutputFormat::Table,
+            output: None,
+        },
+        &mut out,
+    )
+    .await
+    .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+async fn golden(example: &str, project: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let lake_dir = dir.path().join("lake");
+    let config = example_config(example, project, &lake_dir);
+    let base = dir.path();
+    let lake = Lake::open(&config.lake, base).unwrap();
+    let project_dir = root().join("sql").join(project);
+    write_fixtures(&lake, &project_dir).await;
+
+    let reports = sluice::transform::run_models(&config, base, &ModelsOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bless = std::env::var_os("SLUICE_BLESS").is_some();
+    let mut mismatches = Vec::new();
+    for report in &reports {
+        assert_eq!(report.status, ModelStatus::Published, "{report:?}");
+        assert!(report.checks.iter().all(|c| c.passed()), "{report:?}");
+        let got = rows(&config, base, &lake, &report.model).await;
+        let expected_path = project_dir.join(format!("{}.expected", report.model));
+        if bless {
+            std::fs::write(&expected_path, &got).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if got != expected {
+            mismatches.push(format!(
+                "{} differs from {}:\n--- got\n{got}--- expected\n{expected}",
+                report.model,
+                expected_path.display()
+            ));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[tokio::test]
+async fn ewallet_models_match_golden_files() {
+    golden("ewallet.toml", "ewallet").await;
+}
