@@ -4,60 +4,15 @@
 //!
 //! `SLUICE_BLESS=1 cargo test --test models_golden` rewrites the expected files.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use datafusion::prelude::SessionContext;
 use sluice::config::Config;
 use sluice::lake::Lake;
 use sluice::query::{query, OutputFormat, QueryOptions};
-use sluice::transform::{write_table, ModelStatus, ModelsOptions};
+use sluice::transform::{ModelStatus, ModelsOptions};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The `-- sluice: name = value` header lines of a fixture.
-fn header(sql: &str, name: &str) -> Option<String> {
-    sql.lines()
-        .filter_map(|l| l.trim().strip_prefix("-- sluice:"))
-        .filter_map(|s| s.split_once('='))
-        .find(|(k, _)| k.trim() == name)
-        .map(|(_, v)| v.trim().to_string())
-}
-
-/// Writes every `fixtures/<table>.sql` of `project` as the lake table `<table>`.
-pub async fn write_fixtures(lake: &Lake, project: &Path) {
-    let mut fixtures: Vec<_> = std::fs::read_dir(project.join("fixtures"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
-        .collect();
-    fixtures.sort();
-    let ctx = SessionContext::new();
-    for path in fixtures {
-        let sql = std::fs::read_to_string(&path).unwrap();
-        let name = path.file_stem().unwrap().to_str().unwrap();
-        let batches = ctx
-            .sql(&sql)
-            .await
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-            .collect()
-            .await
-            .unwrap();
-        let key: Vec<String> = header(&sql, "key")
-            .map(|k| k.split(',').map(|c| c.trim().to_string()).collect())
-            .unwrap_or_default();
-        write_table(
-            lake,
-            name,
-            header(&sql, "partition_by").as_deref(),
-            &key,
-            batches,
-        )
-        .await
-        .unwrap();
-    }
-}
+mod models_support;
+use models_support::{root, write_fixtures};
 
 /// The config of `example` with its lake in `lake_dir`, no ClickHouse, and the
 /// models of `sql/<project>`.

@@ -28,7 +28,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use super::checks::{quote, run_checks, scalar, CheckOutcome};
 use super::config::ModelsConfig;
-use super::project::{line_in_message, line_of, Model, Project};
+use super::project::{last_line, line_in_message, line_of, Model, Project};
 use super::ModelError;
 use crate::config::{Config, TableConfig};
 use crate::error::{Error, Result};
@@ -579,6 +579,7 @@ fn table_config(name: &str, key: &[String], partition_by: Option<&str>) -> Resul
     let mut table = toml::map::Map::new();
     table.insert("name".into(), name.into());
     table.insert("source".into(), "-".into());
+    table.insert("cursor".into(), "-".into());
     table.insert(
         "key".into(),
         toml::Value::Array(key.iter().map(|k| k.as_str().into()).collect()),
@@ -692,7 +693,8 @@ fn sql_error(model: &Model, sql: &str, e: &DataFusionError) -> Error {
         .map(|s| s.start.line)
         .filter(|l| *l > 0)
         .or_else(|| line_in_message(&message))
-        .or_else(|| missing_name(&message).and_then(|n| line_of(sql, &n)));
+        .or_else(|| missing_name(&message).and_then(|n| line_of(sql, &n)))
+        .or_else(|| message.contains("found: EOF").then(|| last_line(sql)));
     ModelError::Sql {
         model: model.name.clone(),
         file: model.file.clone(),
@@ -702,7 +704,7 @@ fn sql_error(model: &Model, sql: &str, e: &DataFusionError) -> Error {
     .into()
 }
 
-/// The name in "No field named x" or "table '…x' not found".
+/// The name in "No field named x", "table '…x' not found" or "Function 'f'".
 fn missing_name(message: &str) -> Option<String> {
     let clean = |s: &str| {
         s.trim_matches(|c| c == '"' || c == '\'' || c == '`')
@@ -719,8 +721,10 @@ fn missing_name(message: &str) -> Option<String> {
             .collect();
         return Some(clean(name.trim_end_matches('.')));
     }
-    if let Some(rest) = message.split("table '").nth(1) {
-        return rest.split('\'').next().map(clean);
+    for opening in ["table '", "Function '"] {
+        if let Some(rest) = message.split(opening).nth(1) {
+            return rest.split('\'').next().map(clean);
+        }
     }
     None
 }

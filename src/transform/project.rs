@@ -197,9 +197,12 @@ fn merge(header: ModelConfig, configured: ModelConfig) -> ModelConfig {
 /// The relations a model reads (CTE names excluded), as they will be looked up.
 fn references(state: &SessionState, sql: &str) -> Result<Vec<String>, (Option<u64>, String)> {
     let dialect = state.config_options().sql_parser.dialect;
-    let statement = state
-        .sql_to_statement(sql, &dialect)
-        .map_err(|e| (line_in_message(&e.to_string()), e.to_string()))?;
+    let statement = state.sql_to_statement(sql, &dialect).map_err(|e| {
+        let message = e.to_string();
+        let line = line_in_message(&message)
+            .or_else(|| message.contains("found: EOF").then(|| last_line(sql)));
+        (line, message)
+    })?;
     let is_query =
         matches!(&statement, DFStatement::Statement(s) if matches!(**s, Statement::Query(_)));
     if !is_query {
@@ -270,6 +273,19 @@ fn cycle(pending: &BTreeMap<String, Model>) -> Vec<PathBuf> {
             .expect("a pending model reads a pending model")
             .as_str();
     }
+}
+
+/// The last line holding SQL (where a parser that hit the end points).
+pub(crate) fn last_line(sql: &str) -> u64 {
+    sql.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let code = l.split("--").next().unwrap_or("").trim();
+            !code.is_empty()
+        })
+        .map(|(i, _)| i as u64 + 1)
+        .last()
+        .unwrap_or(1)
 }
 
 /// The line of `Line: N` in a parser message.

@@ -1,0 +1,218 @@
+//! SQL models that fail: data checks, SQL errors, unknown names and cycles. A
+//! failure names the model's file (and line), publishes nothing of that model, and
+//! skips every model downstream of it.
+
+mod models_support;
+
+use models_support::*;
+use sluice::lake::Lake;
+use sluice::transform::{ModelStatus, ModelsOptions};
+
+const EWALLET_CHECKS: &str = r#"
+[models.model.fact_sales.checks]
+not_null = ["transaction_id", "user_key", "merchant_key"]
+unique = ["transaction_id"]
+accepted_values = { amount_category = ["Low", "Medium"] }
+relationships = [{ column = "user_key", to = "dim_users" }]
+row_count = { min = 1, max = 100 }
+"#;
+
+#[tokio::test]
+async fn failing_checks_publish_nothing_and_skip_downstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    copy_models("ewallet", &models);
+    let config = local_config(dir.path(), &models, EWALLET_CHECKS);
+    let lake = Lake::open(&config.lake, dir.path()).unwrap();
+    write_fixtures(&lake, &root().join("sql/ewallet")).await;
+    // One more successful transaction, by a user who does not exist.
+    write_sql_table(
+        &lake,
+        "transactions",
+        Some("transaction_time"),
+        "SELECT CAST(100 + column1 AS BIGINT) AS transaction_id, \
+                CAST(CASE WHEN column1 = 0 THEN 99 ELSE 1 END AS BIGINT) AS user_id, \
+                CAST(10 AS BIGINT) AS merchant_id, CAST(column2 AS DECIMAL(38, 10)) AS amount, \
+                'SUCCESS' AS status, \
+                arrow_cast(TIMESTAMP '2026-11-20 10:00:00', 'Timestamp(µs, \"+00:00\")') AS transaction_time, \
+                arrow_cast(TIMESTAMP '2026-11-20 10:00:00', 'Timestamp(µs, \"+00:00\")') AS updated_at \
+         FROM (VALUES (0, '10.00'), (1, '20.00'), (2, '4000.00'))",
+    )
+    .await;
+
+    let err = sluice::transform::run_models(&config, dir.path(), &ModelsOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 8);
+    let message = err.to_string();
+    for expected in [
+        "fact_sales.sql: model fact_sales: 2 check(s) failed, nothing published",
+        "not_null(user_key) failed on 1 row(s)",
+        "accepted_values(amount_category: Low, Medium) failed on 1 row(s)",
+        "| 100            |", // the sample shows the failing row
+        "skipped downstream (merchant_transaction_count, user_daily_amount)",
+    ] {
+        assert!(
+            message.contains(expected),
+            "{expected:?} not in:\n{message}"
+        );
+    }
+    assert!(
+        !message.contains("unique(transaction_id) failed"),
+        "{message}"
+    );
+    // The dimensions were published; the fact and the reports were not.
+    for published in ["dim_users", "dim_merchants"] {
+        assert!(lake.read_manifest(published).await.unwrap().is_some());
+    }
+    for absent in [
+        "fact_sales",
+        "user_daily_amount",
+        "merchant_transaction_count",
+    ] {
+        assert!(
+            lake.read_manifest(absent).await.unwrap().is_none(),
+            "{absent}"
+        );
+        let files = lake.list(absent).await.unwrap();
+        assert!(files.is_empty(), "{absent} has files: {files:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_rebuild_keeps_the_published_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    copy_models("ewallet", &models);
+    let config = local_config(dir.path(), &models, "");
+    let lake = Lake::open(&config.lake, dir.path()).unwrap();
+    write_fixtures(&lake, &root().join("sql/ewallet")).await;
+    let reports = sluice::transform::run_models(&config, dir.path(), &ModelsOptions::default())
+        .await
+        .unwrap();
+    assert!(reports.iter().all(|r| r.status == ModelStatus::Published));
+    let before = lake.read_manifest("fact_sales").await.unwrap().unwrap();
+
+    let strict = local_config(
+        dir.path(),
+        &models,
+        "[models.model.fact_sales.checks]\nrow_count = { max = 2 }\n",
+    );
+    let err = sluice::transform::run_models(&strict, dir.path(), &ModelsOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("row_count(-..2) failed on 6 row(s)"), "{err}");
+    let after = lake.read_manifest("fact_sales").await.unwrap().unwrap();
+    assert_eq!(after, before, "the published version is untouched");
+    let files: Vec<String> = lake
+        .list("fact_sales")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.ends_with(".parquet"))
+        .collect();
+    let live: Vec<String> = before.live_files().into_iter().map(String::from).collect();
+    let mut files_sorted = files.clone();
+    files_sorted.sort();
+    assert_eq!(files_sorted, live, "the rejected files were deleted");
+}
+
+/// Runs the models of a folder holding `files` over the e-wallet fixtures.
+async fn run_with(
+    files: &[(&str, &str)],
+) -> (
+    Result<Vec<sluice::transform::ModelReport>, sluice::Error>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    for (name, sql) in files {
+        std::fs::write(models.join(name), sql).unwrap();
+    }
+    let config = local_config(dir.path(), &models, "");
+    let lake = Lake::open(&config.lake, dir.path()).unwrap();
+    write_fixtures(&lake, &root().join("sql/ewallet")).await;
+    let result =
+        sluice::transform::run_models(&config, dir.path(), &ModelsOptions::default()).await;
+    (result, dir)
+}
+
+#[tokio::test]
+async fn syntax_error_names_file_and_line_and_nothing_runs() {
+    let (result, dir) = run_with(&[
+        ("good.sql", "SELECT user_id FROM users"),
+        (
+            "broken.sql",
+            "-- a header\nSELECT user_id,\n       full_name\nFROM users WHERE\n",
+        ),
+    ])
+    .await;
+    let err = result.unwrap_err().to_string();
+    assert!(err.contains("broken.sql:4: model broken:"), "{err}");
+    let lake = Lake::open(&local_config(dir.path(), dir.path(), "").lake, dir.path()).unwrap();
+    assert!(
+        lake.read_manifest("good").await.unwrap().is_none(),
+        "nothing ran"
+    );
+}
+
+#[tokio::test]
+async fn missing_column_names_file_and_line_and_skips_downstream() {
+    let (result, _dir) = run_with(&[
+        ("a.sql", "SELECT user_id,\n       full_nam\nFROM users"),
+        ("b.sql", "SELECT * FROM a"),
+        ("c.sql", "SELECT merchant_id FROM merchants"),
+    ])
+    .await;
+    let err = result.unwrap_err().to_string();
+    assert!(err.contains("a.sql:2: model a:"), "{err}");
+    assert!(err.contains("full_nam"), "{err}");
+    assert!(
+        err.contains("1 model(s) failed (a), 1 skipped downstream (b)"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn type_error_names_file_and_line() {
+    let (result, _dir) = run_with(&[(
+        "t.sql",
+        "SELECT user_id,\n       sum(full_name) AS s\nFROM users\nGROUP BY user_id",
+    )])
+    .await;
+    let err = result.unwrap_err().to_string();
+    assert!(err.contains("t.sql:2: model t:"), "{err}");
+}
+
+#[tokio::test]
+async fn unknown_table_names_file_and_line() {
+    let (result, _dir) = run_with(&[("u.sql", "SELECT *\nFROM userz")]).await;
+    let err = result.unwrap_err().to_string();
+    assert!(
+        err.contains("u.sql:2: model u reads userz, which is neither a lake table nor a model"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn cycles_name_the_files() {
+    let (result, _dir) = run_with(&[
+        ("a.sql", "SELECT * FROM b"),
+        ("b.sql", "SELECT * FROM c"),
+        ("c.sql", "SELECT * FROM a"),
+        ("d.sql", "SELECT * FROM users"),
+    ])
+    .await;
+    let err = result.unwrap_err().to_string();
+    assert!(
+        err.contains("models depend on each other in a cycle"),
+        "{err}"
+    );
+    for f in ["a.sql", "b.sql", "c.sql"] {
+        assert!(err.contains(f), "{err}");
+    }
+    assert!(!err.contains("d.sql"), "{err}");
+}
