@@ -222,8 +222,16 @@ impl TableRun<'_> {
 
         let source = &self.config.sources[&t.source];
         let dialect = Dialect::from(source.kind);
-        let base = match (&t.source_table, &t.query) {
-            (Some(table), _) => format!("SELECT * FROM {}", dialect.table(table)),
+        // A source table is read through a typed SELECT (source::types): exact
+        // decimals, JSON as text, UTC instants; uncarriable types fail here.
+        let typed = match &t.source_table {
+            Some(table) => {
+                Some(crate::source::types::plan(name, source.kind, &source.url, table).await?)
+            }
+            None => None,
+        };
+        let base = match (&typed, &t.query) {
+            (Some(typed), _) => typed.sql.clone(),
             (None, Some(query)) => query.trim().trim_end_matches(';').to_string(),
             (None, None) => unreachable!("validated: one of source_table and query"),
         };
@@ -235,7 +243,10 @@ impl TableRun<'_> {
             manifest.watermark.as_ref(),
         );
         info!(from = ?report.watermark_before, "Extract started.");
-        let stream = crate::source::sql::read(name, &source.url, sql, t.batch_rows).await?;
+        let mut stream = crate::source::sql::read(name, &source.url, sql, t.batch_rows).await?;
+        if let Some(typed) = &typed {
+            stream = typed.apply(name, stream)?;
+        }
         let schema = stream.schema.clone();
         let (cursor, key_columns, partition_column) = self.check_columns(&schema, &manifest)?;
         let mut tracker = WatermarkTracker::new(

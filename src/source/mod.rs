@@ -2,6 +2,7 @@
 
 pub mod arrow_bridge;
 pub mod sql;
+pub mod types;
 
 use std::pin::Pin;
 

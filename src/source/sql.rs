@@ -21,6 +21,9 @@ use crate::error::{chain, Error, Result};
 /// Batches in flight between the reader thread and the pipeline.
 const CHANNEL_BATCHES: usize = 2;
 
+/// Statements run on each MySQL connection before the extract.
+const MYSQL_SESSION: &[&str] = &["SET time_zone = '+00:00'"];
+
 /// Runs `query` against the source at `url` and streams the result.
 ///
 /// Returns once the source has answered with a schema, so a bad query, a missing
@@ -68,8 +71,17 @@ fn produce(
 ) -> Result<()> {
     let conn = SourceConn::try_from(url).map_err(|e| Error::source(table, chain(&e)))?;
     let queries = [CXQuery::naked(query)];
+    // MySQL sends TIMESTAMP values in the session's time zone: make it UTC, so that
+    // they are instants (labelled in source::types) and cursor literals compare in UTC.
+    let session: Vec<String> = match conn.ty {
+        connectorx::source_router::SourceType::MySQL => {
+            MYSQL_SESSION.iter().map(|s| s.to_string()).collect()
+        }
+        _ => Vec::new(),
+    };
+    let pre = (!session.is_empty()).then_some(session.as_slice());
     let mut iter =
-        connectorx::get_arrow::new_record_batch_iter(&conn, None, &queries, batch_rows, None)
+        connectorx::get_arrow::new_record_batch_iter(&conn, None, &queries, batch_rows, pre)
             .map_err(|e| Error::source(table, chain(&e)))?;
     let (empty, _) = iter.get_schema();
     let schema = into_arrow(empty)
