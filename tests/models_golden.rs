@@ -61,7 +61,9 @@ async fn rows(config: &Config, base: &Path, lake: &Lake, table: &str) -> String 
     String::from_utf8(out).unwrap()
 }
 
-async fn golden(example: &str, project: &str) {
+/// Runs the models of `sql/<project>` over its fixtures with the settings of
+/// `examples/<example>`; returns the reports.
+async fn golden(example: &str, project: &str) -> Vec<sluice::transform::ModelReport> {
     let dir = tempfile::tempdir().unwrap();
     let lake_dir = dir.path().join("lake");
     let config = example_config(example, project, &lake_dir);
@@ -94,9 +96,22 @@ async fn golden(example: &str, project: &str) {
         }
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    reports
 }
 
 #[tokio::test]
 async fn ewallet_models_match_golden_files() {
     golden("ewallet.toml", "ewallet").await;
+}
+
+#[tokio::test]
+async fn fintech_models_match_golden_files() {
+    let reports = golden("fintech.toml", "fintech").await;
+    // Validate before write: the transaction of an unknown user is dropped and
+    // counted.
+    let staged = reports
+        .iter()
+        .find(|r| r.model == "stg_savings_transaction")
+        .unwrap();
+    assert_eq!((staged.rows, staged.rows_dropped), (5, 1), "{staged:?}");
 }

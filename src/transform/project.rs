@@ -106,7 +106,16 @@ impl Project {
             if let Some(configured) = config.models.get(&name) {
                 settings = merge(settings, configured.clone());
             }
-            let references = references(state, &sql).map_err(|(line, m)| sql_error(line, m))?;
+            let mut references = references(state, &sql).map_err(|(line, m)| sql_error(line, m))?;
+            // What checks and validate-before-write read is read by the model too.
+            references.extend(
+                settings
+                    .checks
+                    .relationships
+                    .iter()
+                    .chain(&settings.drop_unmatched)
+                    .map(|r| r.to.clone()),
+            );
             let mut model_refs = BTreeSet::new();
             let mut table_refs = BTreeSet::new();
             for reference in references {

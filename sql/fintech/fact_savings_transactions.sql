@@ -1,0 +1,16 @@
+-- Savings transactions at transaction grain, with keys to the plan and the user.
+-- Deposits are positive and withdrawals negative in signed_amount.
+-- sluice: partition_by = transaction_date
+-- sluice: key = transaction_id
+SELECT t.transaction_id,
+       p.plan_key,
+       u.user_key,
+       t.amount,
+       CASE t.side WHEN 'withdrawal' THEN -t.amount ELSE t.amount END AS signed_amount,
+       t.currency,
+       t.side,
+       t.transaction_time,
+       CAST(t.transaction_time AS DATE) AS transaction_date
+FROM stg_savings_transaction AS t
+LEFT JOIN dim_savings_plan AS p ON p.plan_id = t.plan_id
+LEFT JOIN dim_users AS u ON u.user_id = t.user_id
