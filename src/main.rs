@@ -32,6 +32,10 @@ enum Command {
         /// Run only this table (repeatable).
         #[arg(long = "table", short)]
         tables: Vec<String>,
+        /// Rebuild a table from a full reload when its source columns changed in a
+        /// way the lake cannot follow (a dropped column, a narrower or other type).
+        #[arg(long)]
+        allow_schema_change: bool,
     },
     /// Run SQL over the lake's committed files (each table also has a
     /// `<partition column>_day` date column; filters on it read only those days).
@@ -104,9 +108,17 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> Result<(), Error> {
     match command {
-        Command::Run { config, tables } => {
+        Command::Run {
+            config,
+            tables,
+            allow_schema_change,
+        } => {
             let (config, base) = Config::load(&config)?;
-            let report = sluice::run(&config, &base, &RunOptions { tables }).await?;
+            let options = RunOptions {
+                tables,
+                allow_schema_change,
+            };
+            let report = sluice::run(&config, &base, &options).await?;
             print!("{}", redact(&summary(&report)));
             Ok(())
         }

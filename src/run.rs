@@ -32,6 +32,7 @@ use crate::error::{register_url_secret, Error, Result};
 use crate::fault;
 use crate::lake::lock::TableLock;
 use crate::lake::manifest::{FileEntry, Manifest, PartitionEntry};
+use crate::lake::schema::{self, SchemaChange};
 use crate::lake::writer::{day_string, parse_day, split_by_day, FileRoller};
 use crate::lake::Lake;
 use crate::source::sql::Dialect;
@@ -42,6 +43,9 @@ use crate::warehouse::Warehouse;
 pub struct RunOptions {
     /// Only these tables (all when empty).
     pub tables: Vec<String>,
+    /// Rebuild a table from a full reload when its source schema changed in a way
+    /// the lake cannot follow (a dropped column, a narrower or different type).
+    pub allow_schema_change: bool,
 }
 
 /// What one table's run did.
@@ -126,6 +130,7 @@ pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result
             lake: &lake,
             warehouse: warehouse.as_ref(),
             run_id: &run_id,
+            allow_schema_change: options.allow_schema_change,
         };
         let outcome = async {
             let lock = TableLock::acquire(&lake, &table.name, &run_id).await?;
@@ -183,6 +188,7 @@ struct TableRun<'a> {
     lake: &'a Lake,
     warehouse: Option<&'a Warehouse>,
     run_id: &'a str,
+    allow_schema_change: bool,
 }
 
 /// Files written for one day during the extract.
@@ -202,7 +208,7 @@ impl TableRun<'_> {
             table: t.name.clone(),
             ..Default::default()
         };
-        let manifest = match self.lake.read_manifest(name).await? {
+        let mut manifest = match self.lake.read_manifest(name).await? {
             Some(m) => {
                 if m.partition_column != t.partition_by || m.key != t.key {
                     return Err(Error::capture(
@@ -248,7 +254,56 @@ impl TableRun<'_> {
             stream = typed.apply(name, stream)?;
         }
         let schema = stream.schema.clone();
-        let (cursor, key_columns, partition_column) = self.check_columns(&schema, &manifest)?;
+        let (cursor, key_columns, partition_column) = self.check_columns(&schema)?;
+
+        // Schema evolution: additions and widenings are followed; anything else stops
+        // the table unless a rebuild (a full reload) was asked for.
+        let mut replaced_files: Vec<String> = Vec::new();
+        let change = schema::compare(&manifest.schema, &schema);
+        match &change {
+            SchemaChange::Same => {}
+            SchemaChange::Evolve { added, widened } => {
+                let text = describe_evolution(added, widened);
+                info!(change = %text, "Source schema evolved.");
+                report.warnings.push(format!("schema evolved: {text}"));
+            }
+            SchemaChange::Incompatible(reasons) if !self.allow_schema_change => {
+                return Err(Error::capture(
+                    name,
+                    format!(
+                        "the source's schema changed in a way the lake cannot follow ({}); rerun with --allow-schema-change to rebuild the table from a full reload",
+                        reasons.join("; ")
+                    ),
+                ));
+            }
+            SchemaChange::Incompatible(reasons) => {
+                warn!(reasons = %reasons.join("; "), "Rebuilding the table from a full reload.");
+                report
+                    .warnings
+                    .push(format!("table rebuilt: {}", reasons.join("; ")));
+                replaced_files.extend(manifest.live_files().into_iter().map(String::from));
+                let mut fresh = Manifest::new(name, &t.partition_by, &t.key);
+                fresh.version = manifest.version;
+                fresh.schema_version = manifest.schema_version;
+                fresh.schema_history = std::mem::take(&mut manifest.schema_history);
+                fresh.warehouse_rebuild = self.warehouse.is_some();
+                manifest = fresh;
+                if report.watermark_before.is_some() {
+                    drop(stream);
+                    let sql = extract_query(dialect, &base, &t.cursor, &t.partition_by, None);
+                    stream = crate::source::sql::read(name, &source.url, sql, t.batch_rows).await?;
+                    if let Some(typed) = &typed {
+                        stream = typed.apply(name, stream)?;
+                    }
+                    if stream.schema != schema {
+                        return Err(Error::capture(
+                            name,
+                            "the source's schema changed again during the rebuild; rerun",
+                        ));
+                    }
+                }
+            }
+        }
         let mut tracker = WatermarkTracker::new(
             cursor,
             key_columns.clone(),
@@ -312,7 +367,6 @@ impl TableRun<'_> {
 
         // Merge staged days into their committed files, then build the next manifest.
         let mut next = manifest.clone();
-        let mut replaced_files: Vec<String> = Vec::new();
         let mut touched: BTreeSet<String> = BTreeSet::new();
         for (day, output) in outputs {
             let day_name = day_string(day);
@@ -363,9 +417,15 @@ impl TableRun<'_> {
         }
         report.partitions_written = touched.iter().cloned().collect();
 
+        let schema_moves = !matches!(change, SchemaChange::Same) || manifest.schema.is_empty();
         let watermark_moves =
             new_watermark != manifest.watermark || new_boundary != manifest.boundary_keys;
-        if touched.is_empty() && manifest.pending_warehouse.is_empty() && !watermark_moves {
+        if touched.is_empty()
+            && manifest.pending_warehouse.is_empty()
+            && !watermark_moves
+            && !schema_moves
+            && !manifest.warehouse_rebuild
+        {
             info!("Nothing changed.");
             report.watermark_after = report.watermark_before.clone();
             report.lake_rows = manifest.rows();
@@ -374,7 +434,9 @@ impl TableRun<'_> {
         }
 
         // Commit 1: the lake shows the new files.
-        next.set_schema(&schema);
+        if schema_moves {
+            next.record_schema(&schema);
+        }
         next.run_id = self.run_id.to_string();
         if self.warehouse.is_some() {
             next.pending_warehouse.extend(touched.iter().cloned());
@@ -397,6 +459,11 @@ impl TableRun<'_> {
 
         // Load the pending days, then commit 2: the watermark moves.
         if let Some(warehouse) = self.warehouse {
+            if next.warehouse_rebuild {
+                warehouse.drop_table(name).await?;
+                // Every day of the rebuilt lake goes in again.
+                next.pending_warehouse = next.partitions.keys().cloned().collect();
+            }
             warehouse.ensure_table(t, &schema).await?;
             let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
             let oldest_kept = t.retention_days.map(|days| {
@@ -423,6 +490,7 @@ impl TableRun<'_> {
             }
             fault::point("run.before_final_commit");
             next.pending_warehouse.clear();
+            next.warehouse_rebuild = false;
             next.watermark = new_watermark;
             next.boundary_keys = new_boundary;
             self.commit(&mut next).await?;
@@ -443,13 +511,8 @@ impl TableRun<'_> {
         Ok(report)
     }
 
-    /// Resolves the configured columns in the source's schema and checks that the
-    /// schema is the one the lake holds.
-    fn check_columns(
-        &self,
-        schema: &SchemaRef,
-        manifest: &Manifest,
-    ) -> Result<(CursorColumn, Vec<usize>, usize)> {
+    /// Resolves the configured columns in the source's schema.
+    fn check_columns(&self, schema: &SchemaRef) -> Result<(CursorColumn, Vec<usize>, usize)> {
         let t = self.table;
         let name = t.name.as_str();
         let cursor = CursorColumn::new(schema, &t.cursor).map_err(|e| Error::capture(name, e))?;
@@ -475,17 +538,6 @@ impl TableRun<'_> {
             .map(|k| find(k, "key"))
             .collect::<Result<Vec<_>>>()?;
         let partition = find(&t.partition_by, "partition_by")?;
-        let current = crate::lake::manifest::columns_of(schema);
-        if !manifest.schema.is_empty() && manifest.schema != current {
-            return Err(Error::capture(
-                name,
-                format!(
-                    "the source's columns changed since the last run (lake: {}; source: {}); delete the table's folder to rebuild it",
-                    describe(&manifest.schema),
-                    describe(&current)
-                ),
-            ));
-        }
         Ok((cursor, keys, partition))
     }
 
@@ -596,10 +648,18 @@ fn join(base: &object_store::path::Path, relative: &str) -> object_store::path::
         .fold(base.clone(), |p, part| p.join(part))
 }
 
-fn describe(columns: &[crate::lake::manifest::ColumnEntry]) -> String {
-    columns
+fn describe_evolution(
+    added: &[arrow::datatypes::FieldRef],
+    widened: &[(arrow::datatypes::FieldRef, arrow::datatypes::DataType)],
+) -> String {
+    added
         .iter()
-        .map(|c| format!("{} {}", c.name, c.arrow_type))
+        .map(|f| format!("added {} {}", f.name(), f.data_type()))
+        .chain(
+            widened
+                .iter()
+                .map(|(f, old)| format!("widened {} {old} -> {}", f.name(), f.data_type())),
+        )
         .collect::<Vec<_>>()
         .join(", ")
 }

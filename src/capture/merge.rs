@@ -5,7 +5,6 @@
 //! manifest switch makes them live, and only then are the old files deleted.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use arrow::array::BooleanArray;
 use arrow::compute::filter_record_batch;
@@ -83,29 +82,11 @@ pub async fn merge_partition(
     })
 }
 
-/// Gives a batch read back from Parquet the exact schema of the writer (field
-/// metadata and nullability may differ); different names or types are an error.
+/// Gives a batch (from the source, or read back from an older lake file) the
+/// table's current schema: columns by name, added ones NULL, narrower ones cast up.
 pub fn conform(table: &str, schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
     if batch.schema().as_ref() == schema.as_ref() {
         return Ok(batch);
     }
-    let same_shape = batch.num_columns() == schema.fields().len()
-        && batch
-            .schema()
-            .fields()
-            .iter()
-            .zip(schema.fields())
-            .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
-    if !same_shape {
-        return Err(Error::capture(
-            table,
-            format!(
-                "the lake's files have columns {:?} but the source now has {:?}; the schema changed (run with a new table name, or delete the table's folder to rebuild it)",
-                crate::lake::manifest::columns_of(&batch.schema()).iter().map(|c| format!("{} {}", c.name, c.arrow_type)).collect::<Vec<_>>(),
-                crate::lake::manifest::columns_of(schema).iter().map(|c| format!("{} {}", c.name, c.arrow_type)).collect::<Vec<_>>(),
-            ),
-        ));
-    }
-    RecordBatch::try_new(Arc::clone(schema), batch.columns().to_vec())
-        .map_err(|e| Error::capture(table, e))
+    crate::lake::schema::adapt(&batch, schema).map_err(|e| Error::capture(table, e))
 }

@@ -29,8 +29,15 @@ pub struct Manifest {
     pub run_id: String,
     /// When this version was committed (RFC 3339, UTC).
     pub committed_at: String,
-    /// Column names and Arrow types of the files.
+    /// Column names and Arrow types of the files written from now on. Older files
+    /// may lack columns added since (read as NULL) or hold narrower types (cast up).
     pub schema: Vec<ColumnEntry>,
+    /// Increments with every schema change (1 for the first schema).
+    #[serde(default)]
+    pub schema_version: u32,
+    /// Every schema the table has had, oldest first.
+    #[serde(default)]
+    pub schema_history: Vec<SchemaVersion>,
     /// Live files by partition day (`YYYY-MM-DD`).
     pub partitions: BTreeMap<String, PartitionEntry>,
     /// Capture position: the largest cursor value loaded into the warehouse (or into
@@ -43,6 +50,18 @@ pub struct Manifest {
     /// Partition days committed to the lake but not yet loaded into the warehouse.
     #[serde(default)]
     pub pending_warehouse: BTreeSet<String>,
+    /// The lake table was rebuilt: the warehouse table must be dropped and reloaded.
+    #[serde(default)]
+    pub warehouse_rebuild: bool,
+}
+
+/// One schema of a table's history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SchemaVersion {
+    pub schema_version: u32,
+    /// The manifest version whose commit introduced this schema.
+    pub since_manifest_version: u64,
+    pub columns: Vec<ColumnEntry>,
 }
 
 /// One column of the table's schema.
@@ -82,10 +101,13 @@ impl Manifest {
             run_id: String::new(),
             committed_at: String::new(),
             schema: Vec::new(),
+            schema_version: 0,
+            schema_history: Vec::new(),
             partitions: BTreeMap::new(),
             watermark: None,
             boundary_keys: Vec::new(),
             pending_warehouse: BTreeSet::new(),
+            warehouse_rebuild: false,
         }
     }
 
@@ -102,9 +124,21 @@ impl Manifest {
         self.partitions.values().map(|p| p.rows).sum()
     }
 
-    /// Records `schema` as the table's schema.
+    /// Sets the schema without starting a new schema version (tables that are
+    /// rewritten whole, such as SQL models).
     pub fn set_schema(&mut self, schema: &Schema) {
         self.schema = columns_of(schema);
+    }
+
+    /// Records `schema` as the table's new schema, effective with the next commit.
+    pub fn record_schema(&mut self, schema: &Schema) {
+        self.schema = columns_of(schema);
+        self.schema_version += 1;
+        self.schema_history.push(SchemaVersion {
+            schema_version: self.schema_version,
+            since_manifest_version: self.version + 1,
+            columns: self.schema.clone(),
+        });
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod lock;
 pub mod manifest;
+pub mod schema;
 pub mod writer;
 
 use std::path::Path as FsPath;

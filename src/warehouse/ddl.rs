@@ -89,21 +89,25 @@ pub struct TableLayout<'a> {
 }
 
 impl TableLayout<'_> {
-    /// `CREATE TABLE IF NOT EXISTS` for the target table.
-    pub fn create_table(&self) -> Result<String, String> {
-        let columns = self
-            .schema
+    /// Each column's name and ClickHouse type.
+    pub fn column_types(&self) -> Result<Vec<(String, String)>, String> {
+        self.schema
             .fields()
             .iter()
             .map(|f| {
                 let not_null = f.name() == self.partition_column || self.key.contains(f.name());
-                Ok(format!(
-                    "    {} {}",
-                    ident(f.name()),
-                    column_type(f, not_null)?
-                ))
+                Ok((f.name().clone(), column_type(f, not_null)?))
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect()
+    }
+
+    /// `CREATE TABLE IF NOT EXISTS` for the target table.
+    pub fn create_table(&self) -> Result<String, String> {
+        let columns = self
+            .column_types()?
+            .into_iter()
+            .map(|(name, ty)| format!("    {} {ty}", ident(&name)))
+            .collect::<Vec<_>>();
         let order_by = self
             .key
             .iter()

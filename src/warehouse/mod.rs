@@ -111,15 +111,69 @@ impl Warehouse {
             .create_table()
             .map_err(|e| Error::warehouse(name, e))?;
         self.execute(name, &ddl).await?;
+        let columns = layout
+            .column_types()
+            .map_err(|e| Error::warehouse(name, e))?;
+        self.sync_columns(name, &columns).await?;
+        // The staging twin is made afresh: the target may just have gained columns.
+        let stage = self.qualified(&Self::staging_table(name));
+        self.execute(name, &format!("DROP TABLE IF EXISTS {stage}"))
+            .await?;
         self.execute(
             name,
-            &format!(
-                "CREATE TABLE IF NOT EXISTS {} AS {}",
-                self.qualified(&Self::staging_table(name)),
-                self.qualified(name)
-            ),
+            &format!("CREATE TABLE {stage} AS {}", self.qualified(name)),
         )
         .await
+    }
+
+    /// Brings an existing table's columns to the lake's schema: adds new columns and
+    /// widens changed ones (idempotent, so a crash between the lake commit and the
+    /// load is repaired by the next run).
+    async fn sync_columns(&self, name: &str, columns: &[(String, String)]) -> Result<()> {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct Column {
+            name: String,
+            #[serde(rename = "type")]
+            ty: String,
+        }
+        let present = self
+            .client
+            .query_raw(&format!(
+                "SELECT name, type FROM system.columns WHERE database = {} AND table = {} ORDER BY position",
+                string(&self.database),
+                string(name)
+            ))
+            .fetch_all::<Column>()
+            .await
+            .map_err(|e| Error::warehouse(name, chain(&e)))?;
+        let target = self.qualified(name);
+        for (column, ty) in columns {
+            let alter = match present.iter().find(|c| &c.name == column) {
+                None => format!(
+                    "ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {} {ty}",
+                    ident(column)
+                ),
+                Some(c) if &c.ty != ty => {
+                    format!("ALTER TABLE {target} MODIFY COLUMN {} {ty}", ident(column))
+                }
+                Some(_) => continue,
+            };
+            tracing::info!(table = name, column = %column, to = %ty, "Altering a ClickHouse column.");
+            self.execute(name, &alter).await?;
+        }
+        Ok(())
+    }
+
+    /// Drops the table and its staging twin (a rebuild reloads them from the lake).
+    pub async fn drop_table(&self, name: &str) -> Result<()> {
+        for table in [name.to_string(), Self::staging_table(name)] {
+            self.execute(
+                name,
+                &format!("DROP TABLE IF EXISTS {}", self.qualified(&table)),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Creates the database, the table `name` with `create_table` (a `CREATE TABLE
