@@ -67,6 +67,9 @@ pub enum SourceKind {
     Mysql,
     /// A SQLite file, read with connectorx (the embedded demo).
     Sqlite,
+    /// A MongoDB database (the URL names it: `mongodb://host:27017/db`), read with
+    /// the official driver; its tables use `snapshot` or `snapshot_diff` capture.
+    Mongodb,
 }
 
 /// One source database.
@@ -120,14 +123,49 @@ pub struct TableConfig {
     #[serde(default)]
     pub query: Option<String>,
     /// Column whose value grows whenever a row is inserted or updated
-    /// (`updated_at`); rows are read with `cursor >= last watermark`.
+    /// (`updated_at`); rows are read with `cursor >= last watermark`. Required in
+    /// `watermark` mode, unused otherwise.
+    #[serde(default)]
     pub cursor: String,
     /// Columns that identify a row; re-read and updated rows replace older
-    /// versions by this key.
+    /// versions by this key. Required in `watermark` mode; in the snapshot modes it
+    /// defaults to `["_id"]` and must be a single field.
+    #[serde(default)]
     pub key: Vec<String>,
     /// Date or timestamp column whose day names the partition
     /// (`<col>=YYYY-MM-DD/`). Must not change once a row exists (a creation time).
+    /// Required in `watermark` mode; the snapshot modes partition by
+    /// `snapshot_date` / `_change_date` themselves.
+    #[serde(default)]
     pub partition_by: String,
+    /// How changes are captured: `watermark` (default), `snapshot` or
+    /// `snapshot_diff` (see README, "MongoDB sources").
+    #[serde(default)]
+    pub mode: CaptureMode,
+    /// MongoDB collection to read (sources of kind `mongodb` only; the database is
+    /// the one named in the source URL).
+    #[serde(default)]
+    pub collection: Option<String>,
+    /// MongoDB: declared column types by top-level field, overriding what the
+    /// sample infers, e.g. `{ age = "int64", price = "decimal(38,2)", address =
+    /// "json" }`. Types: string, objectid, int32, int64, double, bool, timestamp,
+    /// decimal(P,S), binary, json.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    /// MongoDB: documents read (in natural order) to infer the schema on the
+    /// table's first run; later runs reuse the lake's schema. 0 = declared columns
+    /// only.
+    #[serde(default = "default_infer_sample")]
+    pub infer_sample: usize,
+    /// MongoDB: how nested documents and arrays are stored: `struct` (Arrow
+    /// Struct / List) or `json` (a relaxed Extended JSON string column).
+    #[serde(default)]
+    pub nested: NestedMode,
+    /// MongoDB: what a value that does not fit its column (or a field not in the
+    /// schema) does: `overflow` (kept as JSON in the `_overflow` column) or
+    /// `error` (the run fails naming the collection, `_id` and field).
+    #[serde(default)]
+    pub on_mismatch: MismatchPolicy,
     /// ClickHouse TTL: rows whose partition day is older than this many days are
     /// deleted by ClickHouse and not loaded.
     #[serde(default)]
@@ -139,6 +177,47 @@ pub struct TableConfig {
 
 fn default_batch_rows() -> usize {
     64 * 1024
+}
+
+fn default_infer_sample() -> usize {
+    1000
+}
+
+/// How a table's changes are captured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureMode {
+    /// Read rows whose `cursor` is at or past the last watermark (SQL sources).
+    #[default]
+    Watermark,
+    /// Copy the whole source every run into the day's `snapshot_date` partition.
+    Snapshot,
+    /// Compare the whole source with the last snapshot by key and content hash;
+    /// keep the changes (`_op` insert/update/delete) and the current state.
+    SnapshotDiff,
+}
+
+/// How nested MongoDB documents and arrays become columns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NestedMode {
+    /// Arrow Struct for documents, List for arrays (ClickHouse Tuple / Array).
+    #[default]
+    Struct,
+    /// One relaxed Extended JSON string per value.
+    Json,
+}
+
+/// What a MongoDB value that does not fit the schema does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MismatchPolicy {
+    /// The column gets NULL and the value goes, as JSON under its field path, to
+    /// the `_overflow` column: nothing is lost.
+    #[default]
+    Overflow,
+    /// The run fails with an error naming the collection, `_id` and field.
+    Error,
 }
 
 impl Config {
@@ -222,6 +301,18 @@ impl Config {
                     format!("no source named {:?} in [sources]", t.source),
                 ));
             }
+            let mongo = self.sources[&t.source].kind == SourceKind::Mongodb;
+            if mongo || t.mode != CaptureMode::Watermark {
+                validate_snapshot_table(t, mongo)?;
+                continue;
+            }
+            if t.collection.is_some() {
+                return Err(invalid(
+                    &t.name,
+                    "collection",
+                    "is only for sources of kind \"mongodb\"".into(),
+                ));
+            }
             match (&t.source_table, &t.query) {
                 (Some(_), None) | (None, Some(_)) => {}
                 _ => {
@@ -256,6 +347,78 @@ impl Config {
     /// The table named `name`.
     pub fn table(&self, name: &str) -> Option<&TableConfig> {
         self.tables.iter().find(|t| t.name == name)
+    }
+}
+
+/// Checks a table in `snapshot` / `snapshot_diff` mode (and every MongoDB table).
+fn validate_snapshot_table(t: &TableConfig, mongo: bool) -> Result<(), ConfigError> {
+    let invalid = |field: &str, reason: &str| ConfigError::Invalid {
+        table: t.name.clone(),
+        field: field.to_string(),
+        reason: reason.to_string(),
+    };
+    if !mongo {
+        return Err(invalid(
+            "mode",
+            "snapshot and snapshot_diff capture read MongoDB sources only (SQL sources use watermark)",
+        ));
+    }
+    if t.mode == CaptureMode::Watermark {
+        return Err(invalid(
+            "mode",
+            "must be \"snapshot\" or \"snapshot_diff\" for a MongoDB source (a collection has no watermark column)",
+        ));
+    }
+    match &t.collection {
+        Some(c) if !c.is_empty() => {}
+        _ => return Err(invalid("collection", "must name the MongoDB collection")),
+    }
+    if t.source_table.is_some() || t.query.is_some() {
+        return Err(invalid(
+            "source_table/query",
+            "are for SQL sources; a MongoDB table names its `collection`",
+        ));
+    }
+    if !t.cursor.is_empty() || !t.partition_by.is_empty() {
+        return Err(invalid(
+            "cursor/partition_by",
+            "are watermark settings; snapshot tables are partitioned by snapshot_date (or _change_date)",
+        ));
+    }
+    if t.key.len() > 1 || t.key.iter().any(|k| k.is_empty() || k.contains('.')) {
+        return Err(invalid(
+            "key",
+            "must be one top-level field (default [\"_id\"])",
+        ));
+    }
+    if t.batch_rows == 0 {
+        return Err(invalid("batch_rows", "must be > 0"));
+    }
+    for (column, ty) in &t.columns {
+        if crate::source::mongo::ColumnType::parse(ty).is_none() {
+            return Err(invalid(
+                &format!("columns.{column}"),
+                &format!("has unknown type {ty:?} (string, objectid, int32, int64, double, bool, timestamp, decimal(P,S), binary, json)"),
+            ));
+        }
+    }
+    if t.infer_sample == 0 && t.columns.is_empty() {
+        return Err(invalid(
+            "infer_sample",
+            "is 0 and no `columns` are declared: the table would have no columns",
+        ));
+    }
+    Ok(())
+}
+
+impl TableConfig {
+    /// The key fields: `key`, or `["_id"]` for a snapshot table without one.
+    pub fn key_fields(&self) -> Vec<String> {
+        if self.key.is_empty() && self.mode != CaptureMode::Watermark {
+            vec!["_id".to_string()]
+        } else {
+            self.key.clone()
+        }
     }
 }
 

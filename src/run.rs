@@ -134,7 +134,19 @@ pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result
         };
         let outcome = async {
             let lock = TableLock::acquire(&lake, &table.name, &run_id).await?;
-            let outcome = ctx.run().await;
+            let outcome = match table.mode {
+                crate::config::CaptureMode::Watermark => ctx.run().await,
+                _ => {
+                    crate::capture::snapshot::run_table(
+                        config,
+                        table,
+                        &lake,
+                        warehouse.as_ref(),
+                        &run_id,
+                    )
+                    .await
+                }
+            };
             // A failed release leaves a lock that expires (or is seen as dead) later.
             if let Err(e) = lock.release().await {
                 warn!(error = %e, "Could not release the table lock.");

@@ -2,4 +2,5 @@
 //! absorb them.
 
 pub mod merge;
+pub mod snapshot;
 pub mod watermark;

@@ -127,6 +127,9 @@ impl From<SourceKind> for Dialect {
             SourceKind::Postgres => Dialect::Postgres,
             SourceKind::Mysql => Dialect::Mysql,
             SourceKind::Sqlite => Dialect::Sqlite,
+            SourceKind::Mongodb => {
+                unreachable!("validated: MongoDB tables use snapshot capture, never SQL")
+            }
         }
     }
 }

@@ -131,6 +131,18 @@ impl TableLayout<'_> {
     }
 }
 
+impl TableLayout<'_> {
+    /// [`TableLayout::create_table`] with another engine, e.g.
+    /// `ReplacingMergeTree(_version, _is_deleted)`.
+    pub fn create_table_with_engine(&self, engine: &str) -> Result<String, String> {
+        Ok(self.create_table()?.replacen(
+            "\nENGINE = MergeTree\n",
+            &format!("\nENGINE = {engine}\n"),
+            1,
+        ))
+    }
+}
+
 /// The partition expression: one ClickHouse partition per lake day, so that a lake
 /// partition replaces exactly one ClickHouse partition.
 pub fn partition_expression(column: &str) -> String {

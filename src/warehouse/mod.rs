@@ -341,3 +341,102 @@ fn split_dir<'a>(paths: &[&'a str]) -> (&'a str, Vec<&'a str>) {
         .collect();
     (dir, names)
 }
+
+/// Snapshot-diff loads (src/capture/snapshot.rs): a table derived from another
+/// ClickHouse table, partition by partition.
+impl Warehouse {
+    /// Creates the database, the table with `engine` (e.g.
+    /// `ReplacingMergeTree(_version, _is_deleted)`), one partition per day of
+    /// `partition_column`, no TTL, and the table's staging twin.
+    pub async fn ensure_table_with_engine(
+        &self,
+        table: &str,
+        schema: &Schema,
+        partition_column: &str,
+        key: &[String],
+        engine: &str,
+    ) -> Result<()> {
+        let ddl = TableLayout {
+            database: &self.database,
+            table,
+            schema,
+            partition_column,
+            key,
+            retention_days: None,
+        }
+        .create_table_with_engine(engine)
+        .map_err(|e| Error::warehouse(table, e))?;
+        self.execute(
+            table,
+            &format!("CREATE DATABASE IF NOT EXISTS {}", ident(&self.database)),
+        )
+        .await?;
+        self.execute(table, &ddl).await?;
+        self.execute(
+            table,
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {} AS {}",
+                self.qualified(&Self::staging_table(table)),
+                self.qualified(table)
+            ),
+        )
+        .await
+    }
+
+    /// Replaces partition `day` of `table` with the rows of the same partition of
+    /// `from` (same columns), checking that `expected` rows arrive. Returns the
+    /// rows now in that partition.
+    pub async fn copy_partition(
+        &self,
+        table: &str,
+        from: &str,
+        day: &str,
+        expected: u64,
+    ) -> Result<u64> {
+        let target = self.qualified(table);
+        let stage = self.qualified(&Self::staging_table(table));
+        let id = string(&partition_id(day));
+        self.execute(table, &format!("TRUNCATE TABLE {stage}"))
+            .await?;
+        self.execute(
+            table,
+            &format!(
+                "INSERT INTO {stage} SELECT * FROM {} WHERE _partition_id = {id}",
+                self.qualified(from)
+            ),
+        )
+        .await?;
+        let staged = self
+            .count(table, &format!("SELECT count() FROM {stage}"))
+            .await?;
+        if staged != expected {
+            return Err(Error::warehouse(
+                table,
+                format!("partition {day}: staged {staged} rows from {from}, expected {expected}; nothing was replaced"),
+            ));
+        }
+        let swap = if staged == 0 {
+            format!("ALTER TABLE {target} DROP PARTITION ID {id}")
+        } else {
+            format!("ALTER TABLE {target} REPLACE PARTITION ID {id} FROM {stage}")
+        };
+        self.execute(table, &swap).await?;
+        let loaded = self
+            .count(
+                table,
+                &format!("SELECT count() FROM {target} WHERE _partition_id = {id}"),
+            )
+            .await?;
+        self.execute(table, &format!("TRUNCATE TABLE {stage}"))
+            .await?;
+        if loaded != expected {
+            return Err(Error::warehouse(
+                table,
+                format!(
+                    "partition {day}: {loaded} rows after REPLACE PARTITION, expected {expected}"
+                ),
+            ));
+        }
+        Ok(loaded)
+    }
+}
