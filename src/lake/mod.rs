@@ -48,6 +48,21 @@ pub enum LakeLocation {
     Local { root: std::path::PathBuf },
 }
 
+/// Bounded retries for S3: transient failures (connection refused, 5xx, timeouts)
+/// are retried with exponential backoff for at most 30 seconds, then the run fails
+/// with the cause instead of hanging for the default three minutes.
+fn s3_retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(200),
+            max_backoff: std::time::Duration::from_secs(5),
+            base: 2.0,
+        },
+        max_retries: 5,
+        retry_timeout: std::time::Duration::from_secs(30),
+    }
+}
+
 /// A handle on the lake.
 #[derive(Debug, Clone)]
 pub struct Lake {
@@ -76,6 +91,7 @@ impl Lake {
                 }
                 let store = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
+                    .with_retry(s3_retry())
                     .build()
                     .map_err(|e| Error::lake(format!("S3 lake {bucket}: {e}")))?;
                 let prefix = prefix.trim_matches('/').to_string();

@@ -8,7 +8,7 @@ use arrow::datatypes::Schema;
 use clickhouse::Client;
 
 use crate::config::{ClickHouseConfig, TableConfig};
-use crate::error::{chain, register_secret, Error, Result};
+use crate::error::{chain, redact, register_secret, Error, Result};
 use crate::lake::manifest::PartitionEntry;
 use crate::lake::{Lake, LakeLocation};
 use ddl::{ident, partition_id, string, TableLayout};
@@ -67,20 +67,13 @@ impl Warehouse {
         })
     }
 
+    /// Runs a statement that is safe to repeat, retrying transient failures.
     async fn execute(&self, table: &str, sql: &str) -> Result<()> {
-        self.client
-            .query_raw(sql)
-            .execute()
-            .await
-            .map_err(|e| Error::warehouse(table, chain(&e)))
+        retry(table, || self.client.query_raw(sql).execute()).await
     }
 
     async fn count(&self, table: &str, sql: &str) -> Result<u64> {
-        self.client
-            .query_raw(sql)
-            .fetch_one::<u64>()
-            .await
-            .map_err(|e| Error::warehouse(table, chain(&e)))
+        retry(table, || self.client.query_raw(sql).fetch_one::<u64>()).await
     }
 
     fn qualified(&self, table: &str) -> String {
@@ -225,11 +218,28 @@ impl Warehouse {
             let sql = format!(
                 // The lake's folders are `col=day`: without this ClickHouse would read
                 // the partition column from the path (a date) instead of the file.
+                // s3_retry_attempts: ClickHouse's default (hundreds) would stall the
+                // load for many minutes when the lake is unreachable; sluice
+                // retries the whole load itself.
                 "INSERT INTO {stage} ({column_list}) SELECT {column_list} FROM {} \
-                 SETTINGS use_hive_partitioning = 0",
+                 SETTINGS use_hive_partitioning = 0, s3_retry_attempts = 3",
                 self.s3_call(name, partition)
             );
-            self.execute(name, &sql).await?;
+            // Not repeatable as such (a lost answer may hide a done insert): each
+            // retry starts again from an empty staging table.
+            let mut delay = FIRST_RETRY_DELAY;
+            for attempt in 1..=ATTEMPTS {
+                match self.client.query_raw(&sql).execute().await {
+                    Ok(()) => break,
+                    Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
+                        tracing::warn!(table = %name, attempt, error = %redact(&chain(&e)), "ClickHouse insert failed; retrying.");
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                        self.execute(name, &format!("TRUNCATE TABLE {stage}")).await?;
+                    }
+                    Err(e) => return Err(Error::warehouse(name, chain(&e))),
+                }
+            }
             crate::fault::point("warehouse.after_stage_insert");
         }
         let staged = self
@@ -323,6 +333,40 @@ impl Warehouse {
             .await
             .map_err(|e| Error::warehouse(table, chain(&e)))?;
         Ok(rows.into_iter().map(|r| (r.id, r.rows)).collect())
+    }
+}
+
+/// Attempts per ClickHouse statement when the failure is transient.
+const ATTEMPTS: u32 = 3;
+const FIRST_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Network failures and timeouts may pass; errors ClickHouse answered with will not.
+fn is_transient(error: &clickhouse::error::Error) -> bool {
+    matches!(
+        error,
+        clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut
+    )
+}
+
+/// Calls `call` up to [`ATTEMPTS`] times while it fails transiently, with backoff.
+async fn retry<T, F, Fut>(table: &str, mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = clickhouse::error::Result<T>>,
+{
+    let mut delay = FIRST_RETRY_DELAY;
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
+                tracing::warn!(table, attempt, error = %redact(&chain(&e)), "ClickHouse call failed; retrying.");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err(Error::warehouse(table, chain(&e))),
+        }
     }
 }
 
