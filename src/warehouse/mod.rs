@@ -6,6 +6,7 @@ pub mod ddl;
 
 use arrow::datatypes::Schema;
 use clickhouse::Client;
+use tracing::Instrument;
 
 use crate::config::{ClickHouseConfig, TableConfig};
 use crate::error::{chain, redact, register_secret, Error, Result};
@@ -137,6 +138,7 @@ impl Warehouse {
                 string(name)
             ))
             .fetch_all::<Column>()
+            .instrument(client_span())
             .await
             .map_err(|e| Error::warehouse(name, chain(&e)))?;
         let target = self.qualified(name);
@@ -229,7 +231,13 @@ impl Warehouse {
             // retry starts again from an empty staging table.
             let mut delay = FIRST_RETRY_DELAY;
             for attempt in 1..=ATTEMPTS {
-                match self.client.query_raw(&sql).execute().await {
+                match self
+                    .client
+                    .query_raw(&sql)
+                    .execute()
+                    .instrument(client_span())
+                    .await
+                {
                     Ok(()) => break,
                     Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
                         tracing::warn!(table = %name, attempt, error = %redact(&chain(&e)), "ClickHouse insert failed; retrying.");
@@ -330,10 +338,17 @@ impl Warehouse {
                 self.qualified(table)
             ))
             .fetch_all::<PartitionCount>()
+            .instrument(client_span())
             .await
             .map_err(|e| Error::warehouse(table, chain(&e)))?;
         Ok(rows.into_iter().map(|r| (r.id, r.rows)).collect())
     }
+}
+
+/// A span of its own for each ClickHouse call: the `clickhouse` crate records
+/// response fields into the current span, which would otherwise be the table's.
+fn client_span() -> tracing::Span {
+    tracing::info_span!("clickhouse")
 }
 
 /// Attempts per ClickHouse statement when the failure is transient.
@@ -357,7 +372,7 @@ where
     let mut delay = FIRST_RETRY_DELAY;
     let mut attempt = 1;
     loop {
-        match call().await {
+        match call().instrument(client_span()).await {
             Ok(value) => return Ok(value),
             Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
                 tracing::warn!(table, attempt, error = %redact(&chain(&e)), "ClickHouse call failed; retrying.");
