@@ -243,7 +243,8 @@ impl Warehouse {
                         tracing::warn!(table = %name, attempt, error = %redact(&chain(&e)), "ClickHouse insert failed; retrying.");
                         tokio::time::sleep(delay).await;
                         delay *= 2;
-                        self.execute(name, &format!("TRUNCATE TABLE {stage}")).await?;
+                        self.execute(name, &format!("TRUNCATE TABLE {stage}"))
+                            .await?;
                     }
                     Err(e) => return Err(Error::warehouse(name, chain(&e))),
                 }
