@@ -35,7 +35,11 @@ fn s3s_fs_binary() -> PathBuf {
 
 impl PrivateS3 {
     fn start(root: &Path, secret: &str) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         std::fs::create_dir_all(root.join("lake")).unwrap();
         let mut s3 = Self {
             port,
@@ -122,7 +126,11 @@ batch_rows = 1000
 }
 
 /// Runs sluice with exactly the private S3's environment.
-fn run_with(s3_env: &[(String, String)], extra: &[(&str, &str)], config: &Path) -> std::process::Output {
+fn run_with(
+    s3_env: &[(String, String)],
+    extra: &[(&str, &str)],
+    config: &Path,
+) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
     cmd.args(["run", "--config", config.to_str().unwrap()]);
     for (k, v) in s3_env {
@@ -149,7 +157,10 @@ async fn assert_warehouse_equals_source(pg: &PgDb, db: &str) {
     let source = pg
         .lines("SELECT id::text, payload FROM events e ORDER BY e.id")
         .await;
-    let warehouse = ch_lines(&format!("SELECT id, payload FROM `{db}`.events ORDER BY id")).await;
+    let warehouse = ch_lines(&format!(
+        "SELECT id, payload FROM `{db}`.events ORDER BY id"
+    ))
+    .await;
     assert_eq!(source.len(), warehouse.len());
     assert!(source == warehouse, "ClickHouse differs from the source");
 }
@@ -185,13 +196,19 @@ async fn s3_server_dies_mid_run_then_comes_back() {
         .await
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "the run cannot succeed without its lake:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "the run cannot succeed without its lake:\n{stderr}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(90),
         "bounded retries: it gave up after {:?}",
         started.elapsed()
     );
-    let error = stderr.lines().filter(|l| l.starts_with("error: ")).collect::<Vec<_>>();
+    let error = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect::<Vec<_>>();
     assert_eq!(error.len(), 1, "one error line:\n{stderr}");
     assert!(matches!(out.status.code(), Some(4) | Some(5)), "{stderr}");
 
@@ -201,7 +218,11 @@ async fn s3_server_dies_mid_run_then_comes_back() {
     let out = tokio::task::spawn_blocking(move || run_with(&env, &[("CH_PASSWORD", "")], &cfg2))
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_warehouse_equals_source(&pg, &name).await;
     pg.drop().await;
 }
@@ -232,23 +253,46 @@ async fn secrets_never_leak() {
     let good = write_config(&dir, &config(&name, &pg_url, &s3.endpoint(), "CH_PASSWORD"));
     let env = s3.env();
     let out = run_with(&env, &[("CH_PASSWORD", CH_SECRET)], &good);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     outputs.push(out);
     // ClickHouse cannot reach the lake: its error quotes the s3() call.
     let bad_ch = dir.path().join("bad_ch.toml");
     // (A missing bucket answers at once; an unreachable host would make ClickHouse retry.)
     let wrong_bucket = format!("{}/no-such-bucket", s3.endpoint());
-    std::fs::write(&bad_ch, config(&name, &pg_url, &wrong_bucket, "CH_PASSWORD")).unwrap();
-    pg.exec("UPDATE events SET updated_at = now() WHERE id = 1").await;
+    std::fs::write(
+        &bad_ch,
+        config(&name, &pg_url, &wrong_bucket, "CH_PASSWORD"),
+    )
+    .unwrap();
+    pg.exec("UPDATE events SET updated_at = now() WHERE id = 1")
+        .await;
     let out = run_with(&env, &[("CH_PASSWORD", CH_SECRET)], &bad_ch);
-    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     outputs.push(out);
     // A wrong source password.
     let bad_pg = dir.path().join("bad_pg.toml");
     let wrong = pg_url.replacen(PG_SECRET, "Pg-Wrong-Secret-0d0d", 1);
-    std::fs::write(&bad_pg, config(&name, &wrong, &s3.endpoint(), "CH_PASSWORD")).unwrap();
+    std::fs::write(
+        &bad_pg,
+        config(&name, &wrong, &s3.endpoint(), "CH_PASSWORD"),
+    )
+    .unwrap();
     let out = run_with(&env, &[("CH_PASSWORD", CH_SECRET)], &bad_pg);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     outputs.push(out);
 
     for out in &outputs {
@@ -269,8 +313,12 @@ async fn secrets_never_leak() {
             }
         }
     }
-    assert!(files >= 4, "manifest and run reports were checked ({files} files)");
-    pg.exec(&format!("DROP OWNED BY {name}_r; DROP ROLE {name}_r")).await;
+    assert!(
+        files >= 4,
+        "manifest and run reports were checked ({files} files)"
+    );
+    pg.exec(&format!("DROP OWNED BY {name}_r; DROP ROLE {name}_r"))
+        .await;
     pg.drop().await;
 }
 
