@@ -119,25 +119,56 @@ async fn a_failed_rebuild_keeps_the_published_version() {
     assert_eq!(files_sorted, live, "the rejected files were deleted");
 }
 
+type Outcome = Result<Vec<sluice::transform::ModelReport>, sluice::Error>;
+
 /// Runs the models of a folder holding `files` over the e-wallet fixtures.
-async fn run_with(
-    files: &[(&str, &str)],
-) -> (
-    Result<Vec<sluice::transform::ModelReport>, sluice::Error>,
-    tempfile::TempDir,
-) {
+async fn run_with(files: &[(&str, &str)]) -> (Outcome, tempfile::TempDir) {
+    run_with_settings(files, "").await
+}
+
+/// [`run_with`], with `settings` appended to the `[models]` section.
+async fn run_with_settings(files: &[(&str, &str)], settings: &str) -> (Outcome, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
     std::fs::create_dir_all(&models).unwrap();
     for (name, sql) in files {
         std::fs::write(models.join(name), sql).unwrap();
     }
-    let config = local_config(dir.path(), &models, "");
+    let config = local_config(dir.path(), &models, settings);
     let lake = Lake::open(&config.lake, dir.path()).unwrap();
     write_fixtures(&lake, &root().join("sql/ewallet")).await;
     let result =
         sluice::transform::run_models(&config, dir.path(), &ModelsOptions::default()).await;
     (result, dir)
+}
+
+#[tokio::test]
+async fn relationships_and_drop_unmatched_find_orphans() {
+    let sql = "SELECT transaction_id, CASE WHEN transaction_id = 100 THEN 42 ELSE user_id END AS user_id FROM transactions";
+    let (result, _dir) = run_with_settings(
+        &[("orphans.sql", sql)],
+        "[models.model.orphans.checks]\nrelationships = [{ column = \"user_id\", to = \"users\" }]\n",
+    )
+    .await;
+    let err = result.unwrap_err().to_string();
+    assert!(
+        err.contains("relationships(user_id → users.user_id) failed on 1 row(s)"),
+        "{err}"
+    );
+    assert!(err.contains("| 100            | 42      |"), "{err}");
+
+    let (result, dir) = run_with_settings(
+        &[("orphans.sql", sql)],
+        "[[models.model.orphans.drop_unmatched]]\ncolumn = \"user_id\"\nto = \"users\"\n",
+    )
+    .await;
+    let reports = result.unwrap();
+    assert_eq!((reports[0].rows, reports[0].rows_dropped), (7, 1));
+    let lake = Lake::open(&local_config(dir.path(), dir.path(), "").lake, dir.path()).unwrap();
+    assert_eq!(
+        lake.read_manifest("orphans").await.unwrap().unwrap().rows(),
+        7
+    );
 }
 
 #[tokio::test]
