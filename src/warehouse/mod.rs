@@ -43,7 +43,8 @@ impl Warehouse {
             });
         let mut lake_url = format!("{}/{}", endpoint.trim_end_matches('/'), bucket);
         if !prefix.is_empty() {
-            lake_url = format!("{lake_url}/{prefix}");
+            let prefix: Vec<String> = prefix.split('/').map(encode_segment).collect();
+            lake_url = format!("{lake_url}/{}", prefix.join("/"));
         }
         let credentials = match (
             std::env::var("AWS_ACCESS_KEY_ID"),
@@ -308,12 +309,21 @@ impl Warehouse {
                 .map(|f| f.path.as_str())
                 .collect::<Vec<_>>(),
         );
+        // Path segments are percent-encoded (table and column names may hold
+        // spaces, quotes or unicode); the `{a,b}` alternation stays literal.
+        let names: Vec<String> = names.iter().map(|n| encode_segment(n)).collect();
         let names = if names.len() == 1 {
-            names[0].to_string()
+            names[0].clone()
         } else {
             format!("{{{}}}", names.join(","))
         };
-        let url = format!("{}/{}/{}/{}", self.lake_url, table, dir, names);
+        let url = format!(
+            "{}/{}/{}/{}",
+            self.lake_url,
+            encode_segment(table),
+            encode_segment(dir),
+            names
+        );
         match &self.credentials {
             Some((key, secret)) => format!(
                 "s3({}, {}, {}, 'Parquet')",
@@ -384,6 +394,24 @@ where
             Err(e) => return Err(Error::warehouse(table, chain(&e))),
         }
     }
+}
+
+/// The URL path segment of one lake path segment: first as object_store names the
+/// object (it percent-encodes characters not allowed in keys, e.g. non-ASCII), then
+/// percent-encoded for the URL: everything but RFC 3986 unreserved characters and
+/// `=` (the Hive separator) becomes `%XX` per UTF-8 byte.
+fn encode_segment(segment: &str) -> String {
+    let key = object_store::path::PathPart::from(segment);
+    let mut out = String::with_capacity(segment.len());
+    for byte in key.as_ref().bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'=' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
 }
 
 /// Splits file paths of one folder into the folder and the file names.

@@ -145,9 +145,19 @@ pub fn clickhouse() -> clickhouse::Client {
 
 /// Rows of a ClickHouse query as TabSeparated lines, with tabs turned into `|`.
 pub async fn ch_lines(sql: &str) -> Vec<String> {
+    ch_lines_in(sql, "TabSeparated").await
+}
+
+/// Like [`ch_lines`] but unescaped (`TabSeparatedRaw`): values hold no tabs or
+/// newlines, and quotes and backslashes appear as they are.
+pub async fn ch_lines_raw(sql: &str) -> Vec<String> {
+    ch_lines_in(sql, "TabSeparatedRaw").await
+}
+
+async fn ch_lines_in(sql: &str, format: &str) -> Vec<String> {
     let mut cursor = clickhouse()
         .query_raw(sql)
-        .fetch_bytes("TabSeparated")
+        .fetch_bytes(format)
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     let mut bytes = Vec::new();
     while let Some(chunk) = cursor.next().await.unwrap_or_else(|e| panic!("{sql}: {e}")) {
