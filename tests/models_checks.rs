@@ -247,3 +247,26 @@ async fn cycles_name_the_files() {
     }
     assert!(!err.contains("d.sql"), "{err}");
 }
+
+#[tokio::test]
+async fn a_model_that_cannot_be_read_back_fails_alone() {
+    // `SELECT *` from a lake table brings its `transaction_time_day` column, the
+    // name the lake gives the partition day of a model partitioned by
+    // transaction_time.
+    let (result, dir) = run_with(&[
+        (
+            "copy.sql",
+            "-- sluice: partition_by = transaction_time\nSELECT * FROM transactions",
+        ),
+        ("other.sql", "SELECT user_id FROM users"),
+    ])
+    .await;
+    let err = result.unwrap_err();
+    assert_eq!(err.exit_code(), 8, "{err}");
+    let err = err.to_string();
+    assert!(err.contains("copy.sql: model copy:"), "{err}");
+    assert!(err.contains("transaction_time_day"), "{err}");
+    let lake = Lake::open(&local_config(dir.path(), dir.path(), "").lake, dir.path()).unwrap();
+    assert!(lake.list("copy").await.unwrap().is_empty());
+    assert!(lake.read_manifest("other").await.unwrap().is_some());
+}

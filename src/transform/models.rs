@@ -381,8 +381,27 @@ impl<'a> Runner<'a> {
             .sum();
 
         // Check the new rows before anyone can see them.
-        let candidate =
-            LakeTable::new(self.lake, self.store_url.clone(), &next).map_err(no_checks)?;
+        let candidate = match LakeTable::new(self.lake, self.store_url.clone(), &next) {
+            Ok(table) => table,
+            Err(e) => {
+                // The files cannot be read back as a table (e.g. a column already
+                // named `<partition_by>_day`, as `SELECT *` from a lake table has).
+                let new_files: Vec<&str> = next.live_files().into_iter().collect();
+                self.lake
+                    .delete_files(name, new_files)
+                    .await
+                    .map_err(no_checks)?;
+                return Err(no_checks(
+                    ModelError::Sql {
+                        model: name.to_string(),
+                        file: model.file.clone(),
+                        line: None,
+                        message: e.to_string(),
+                    }
+                    .into(),
+                ));
+            }
+        };
         let previous = self.ctx.table_provider(name).await.ok();
         register(&self.ctx, name, candidate).map_err(no_checks)?;
         let checks = run_checks(&self.ctx, name, &model.settings.checks).await;
