@@ -10,6 +10,7 @@
 
 pub mod capture;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod fault;
 pub mod lake;

@@ -62,6 +62,19 @@ enum Command {
         #[arg(long = "model", short)]
         models: Vec<String>,
     },
+    /// The embedded quick start: writes an e-wallet SQLite database, runs the
+    /// pipeline into a local-folder lake and prints two reports. No services needed.
+    Demo {
+        /// Folder for the database, the config and the lake (rebuilt each time).
+        #[arg(long, default_value = ".sluice-demo")]
+        dir: PathBuf,
+        /// 1.0 = 2,000 users, 200 merchants, 50,000 transactions.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Generator seed: the same seed gives the same data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Show the committed state of every table: watermark, partitions, rows.
     State {
         #[command(subcommand)]
@@ -131,6 +144,11 @@ async fn dispatch(command: Command) -> Result<(), Error> {
             let (config, base) = Config::load(&config)?;
             let options = sluice::query::QueryOptions { format, output };
             sluice::query::query(&config, &base, &sql, &options, std::io::stdout().lock()).await?;
+            Ok(())
+        }
+        Command::Demo { dir, scale, seed } => {
+            let options = sluice::demo::DemoOptions { dir, scale, seed };
+            sluice::demo::run(&options, std::io::stdout().lock()).await?;
             Ok(())
         }
         Command::Models { config, models } => {
