@@ -11,6 +11,7 @@
 pub mod capture;
 pub mod config;
 pub mod demo;
+pub mod demo_data;
 pub mod error;
 pub mod fault;
 pub mod lake;

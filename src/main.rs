@@ -64,6 +64,8 @@ enum Command {
     },
     /// The embedded quick start: writes an e-wallet SQLite database, runs the
     /// pipeline into a local-folder lake and prints two reports. No services needed.
+    /// `demo generate` / `demo simulate` fill the fintech sources on the services.
+    #[command(args_conflicts_with_subcommands = true)]
     Demo {
         /// Folder for the database, the config and the lake (rebuilt each time).
         #[arg(long, default_value = ".sluice-demo")]
@@ -74,12 +76,68 @@ enum Command {
         /// Generator seed: the same seed gives the same data.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        #[command(subcommand)]
+        command: Option<DemoCommand>,
     },
     /// Show the committed state of every table: watermark, partitions, rows.
     State {
         #[command(subcommand)]
         command: StateCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Create the reference fintech data set (examples/fintech_sources.toml):
+    /// MongoDB users, PostgreSQL savings_plan / savings_transaction, MySQL e-wallet
+    /// users / merchants / transactions. Drops and recreates those tables.
+    Generate {
+        /// 1.0 = 150K users, ~150K plans, ~3M savings transactions, 500K e-wallet
+        /// transactions.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Generator seed: the same seed gives the same data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[command(flatten)]
+        services: DemoServices,
+    },
+    /// Change the generated sources once: insert, update and delete users, plans
+    /// and transactions, and print what changed (table, operation, count, ids).
+    Simulate {
+        /// 1.0 = e.g. 500 new users, 1,000 updated, 100 deleted (see the output).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Seed, mixed with the current table sizes: each call changes other rows.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[command(flatten)]
+        services: DemoServices,
+    },
+}
+
+/// The services of `sluice demo generate` / `simulate` (scripts/services.sh's).
+#[derive(clap::Args)]
+struct DemoServices {
+    /// PostgreSQL database for savings_plan and savings_transaction.
+    #[arg(long, env = "SLUICE_DEMO_PG_URL", default_value = sluice::demo_data::DEFAULT_POSTGRES, hide_env_values = true)]
+    postgres_url: String,
+    /// MySQL/MariaDB database for the e-wallet tables.
+    #[arg(long, env = "SLUICE_DEMO_MYSQL_URL", default_value = sluice::demo_data::DEFAULT_MYSQL, hide_env_values = true)]
+    mysql_url: String,
+    /// MongoDB for the users collection (the path names the database).
+    #[arg(long, env = "SLUICE_DEMO_MONGO_URL", default_value = sluice::demo_data::DEFAULT_MONGODB, hide_env_values = true)]
+    mongo_url: String,
+}
+
+impl DemoServices {
+    fn into_services(self) -> sluice::demo_data::Services {
+        sluice::demo_data::Services {
+            postgres: self.postgres_url,
+            mysql: self.mysql_url,
+            mongodb: self.mongo_url,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -146,9 +204,40 @@ async fn dispatch(command: Command) -> Result<(), Error> {
             sluice::query::query(&config, &base, &sql, &options, std::io::stdout().lock()).await?;
             Ok(())
         }
-        Command::Demo { dir, scale, seed } => {
+        Command::Demo {
+            dir,
+            scale,
+            seed,
+            command: None,
+        } => {
             let options = sluice::demo::DemoOptions { dir, scale, seed };
             sluice::demo::run(&options, std::io::stdout().lock()).await?;
+            Ok(())
+        }
+        Command::Demo {
+            command:
+                Some(DemoCommand::Generate {
+                    scale,
+                    seed,
+                    services,
+                }),
+            ..
+        } => {
+            let services = services.into_services();
+            sluice::demo_data::generate(&services, scale, seed, std::io::stdout()).await?;
+            Ok(())
+        }
+        Command::Demo {
+            command:
+                Some(DemoCommand::Simulate {
+                    scale,
+                    seed,
+                    services,
+                }),
+            ..
+        } => {
+            let services = services.into_services();
+            sluice::demo_data::simulate(&services, scale, seed, std::io::stdout()).await?;
             Ok(())
         }
         Command::Models { config, models } => {
