@@ -336,3 +336,90 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The source connection is killed mid-read (`pg_terminate_backend`): the run fails
+/// with a one-line source error (exit 3), commits nothing, and the next run is exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn source_connection_dropped_mid_read() {
+    let name = unique("pgdrop");
+    let pg = PgDb::create(&name).await;
+    seed(&pg, 300_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        &dir,
+        &format!(
+            r#"
+[lake]
+url = "s3://{bucket}/{name}"
+
+[sources.app]
+kind = "postgres"
+url = "{pg}"
+
+[clickhouse]
+url = "{ch}"
+database = "{name}"
+s3_endpoint = "{ch_s3}"
+
+[[table]]
+name = "events"
+source = "app"
+source_table = "events"
+cursor = "updated_at"
+key = ["id"]
+partition_by = "created_at"
+batch_rows = 1000
+"#,
+            bucket = s3_bucket(),
+            pg = pg.url,
+            ch = clickhouse_url(),
+            ch_s3 = clickhouse_s3_endpoint(),
+        ),
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .envs(s3_env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the extract query to be running, then kill its backend.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut killed = 0;
+    while killed == 0 && Instant::now() < deadline {
+        let rows = pg
+            .lines(&format!(
+                "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity
+                 WHERE datname = '{name}' AND pid <> pg_backend_pid() AND query LIKE '%sluice_src%'"
+            ))
+            .await;
+        killed = rows.len();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(killed > 0, "never saw the extract query");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let errors: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("table events: source"), "{stderr}");
+    {
+        use object_store::ObjectStoreExt;
+        let manifest = object_store::path::Path::from(format!("{name}/events/_manifest.json"));
+        assert!(
+            s3_store().head(&manifest).await.is_err(),
+            "nothing committed"
+        );
+    }
+    let cfg2 = cfg.clone();
+    tokio::task::spawn_blocking(move || sluice_run_ok(&cfg2))
+        .await
+        .unwrap();
+    assert_warehouse_equals_source(&pg, &name).await;
+    pg.drop().await;
+}
