@@ -17,7 +17,8 @@
 #
 # A measurement, not a test: nothing here fails on a number. Everything it creates
 # (the database, the ClickHouse databases, the lake folders and S3 prefixes) is
-# removed at the end, also when it fails. SLUICE_BENCH_KEEP=1 keeps it.
+# removed at the end, also when it fails. SLUICE_BENCH_KEEP=1 keeps it;
+# SLUICE_BIN=path/to/sluice skips the build and times that binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
@@ -53,9 +54,13 @@ if [[ ! -x /usr/bin/time ]]; then
   apt-get install -y -qq time >/dev/null
 fi
 
-step "Building sluice (release)"
-cargo build --release --locked --quiet
-SLUICE="$CARGO_TARGET_DIR/release/sluice"
+if [[ -n ${SLUICE_BIN:-} ]]; then
+  SLUICE="$SLUICE_BIN"
+else
+  step "Building sluice (release)"
+  cargo build --release --locked --quiet
+  SLUICE="$CARGO_TARGET_DIR/release/sluice"
+fi
 
 TAG="$(date +%s)-$$"
 WORK="$(mktemp -d -t sluice-bench.XXXXXX)"
@@ -88,7 +93,7 @@ BEGIN
            (ARRAY['SUCCESS', 'SUCCESS', 'SUCCESS', 'FAILED', 'PENDING'])[1 + mod(g, 5)],
            ts,
            ts + (random() * interval '5 minutes')
-    FROM generate_series(1, %s) AS g,
+    FROM generate_series(1::bigint, %s) AS g,
          LATERAL (SELECT now() - interval '30 days' + (g - 0.5) / %s * interval '30 days'
                          - interval '10 minutes' AS ts) AS t
   \$q\$, t, n, n);
@@ -137,20 +142,23 @@ RESULTS=()
 measure() {
   local name=$1 rows=$2
   shift 2
-  local out="$WORK/$name.out" tv="$WORK/$name.time"
+  local out="$WORK/run${#RESULTS[@]}.out" tv="$WORK/run${#RESULTS[@]}.time"
   step "$name: $*"
   /usr/bin/time -v -o "$tv" "$@" >"$out"
   cat "$out" >&2
   if [[ $rows == - ]]; then
     rows=$(awk '$1 == "transactions" { print $2 }' "$out")
   fi
-  local secs rss cpu
+  local secs rss cpu cpusecs
   secs=$(awk -F': ' '/Elapsed \(wall clock\)/ {
       n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$tv")
   rss=$(awk -F': ' '/Maximum resident set size/ { printf "%.1f", $2 / 1024 }' "$tv")
   cpu=$(awk -F': ' '/Percent of CPU/ { print $2 }' "$tv")
-  RESULTS+=("$name|$rows|$secs|$rss|$cpu")
-  printf '%s: %s rows, %s s, %s MiB peak RSS, %s CPU\n' "$name" "$rows" "$secs" "$rss" "$cpu" >&2
+  # CPU seconds (user + system) of the measured process: on a busy machine a
+  # steadier number than the wall clock. For psql the work is in the server.
+  cpusecs=$(awk -F': ' '/User time|System time/ { s += $2 } END { printf "%.2f", s }' "$tv")
+  RESULTS+=("$name|$rows|$secs|$rss|$cpu|$cpusecs")
+  printf '%s: %s rows, %s s, %s MiB peak RSS, %s CPU (%s CPU s)\n' "$name" "$rows" "$secs" "$rss" "$cpu" "$cpusecs" >&2
 }
 
 step "Scenario a: full load to a local-folder lake"
@@ -184,7 +192,7 @@ WHERE id % 100 = 0;
 INSERT INTO transactions
 SELECT $ROWS + g, 1 + (g * 7919) % 100000, 1 + (g * 104729) % 5000,
        round((random() * 2000)::numeric, 2), 'SUCCESS', ts, clock_timestamp()
-FROM generate_series(1, $CHANGED) AS g,
+FROM generate_series(1::bigint, $CHANGED) AS g,
      LATERAL (SELECT now() - interval '1 hour' + g * (interval '59 minutes' / $CHANGED) AS ts) AS t;
 SQL
 psql -q "$PG/$DB" -c "VACUUM (ANALYZE) transactions"
@@ -204,15 +212,15 @@ measure "e psql \\copy binary" "$ROWS_NOW" \
 measure "e' \\copy ORDER BY time" "$ROWS_NOW" \
   psql -q "$PG/$DB" -c "\\copy (SELECT * FROM transactions ORDER BY transaction_time) TO '/dev/null' WITH (FORMAT binary)"
 
-step "Results ($ROWS rows; $(nproc) CPUs; $(uname -r))"
-printf '%-24s %10s %9s %12s %14s %6s\n' scenario rows seconds rows/s "peak RSS MiB" CPU
+step "Results ($ROWS rows; $(nproc) CPUs; load average $(cut -d' ' -f1-3 /proc/loadavg))"
+printf '%-24s %10s %9s %12s %14s %6s %7s\n' scenario rows seconds rows/s "peak RSS MiB" CPU "CPU s"
 for r in "${RESULTS[@]}"; do
-  IFS='|' read -r name rows secs rss cpu <<<"$r"
+  IFS='|' read -r name rows secs rss cpu cpusecs <<<"$r"
   rate=$(awk -v r="$rows" -v s="$secs" 'BEGIN { if (s > 0) printf "%.0f", r / s; else print "-" }')
-  printf '%-24s %10s %9s %12s %14s %6s\n' "$name" "$rows" "$secs" "$rate" "$rss" "$cpu"
+  printf '%-24s %10s %9s %12s %14s %6s %7s\n' "$name" "$rows" "$secs" "$rate" "$rss" "$cpu" "$cpusecs"
 done
-secs_of() { for r in "${RESULTS[@]}"; do IFS='|' read -r n _ s _ _ <<<"$r"; [[ $n == "$1"* ]] && echo "$s"; done; }
-rss_of() { for r in "${RESULTS[@]}"; do IFS='|' read -r n _ _ m _ <<<"$r"; [[ $n == "$1"* ]] && echo "$m"; done; }
+secs_of() { for r in "${RESULTS[@]}"; do IFS='|' read -r n _ s _ _ _ <<<"$r"; [[ $n == "$1"* ]] && echo "$s"; done; }
+rss_of() { for r in "${RESULTS[@]}"; do IFS='|' read -r n _ _ m _ _ <<<"$r"; [[ $n == "$1"* ]] && echo "$m"; done; }
 echo
 printf 'seed: %.1f s for %d + %d rows\n' "$seed_secs" "$ROWS" "$QUARTER"
 printf 'a / e (full load to folder vs binary COPY): %.1fx\n' \
