@@ -7,9 +7,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 [[ -d $HOME/.cargo/bin ]] && export PATH="$HOME/.cargo/bin:$PATH"
 
-# Build prerequisites (present on the usual images; installed when missing).
+# Build prerequisites (present on the usual images; installed when missing), and
+# Chromium, which renders the `sluice runs --html` page in tests/runs_html.rs.
 missing=()
-for pkg in pkg-config libssl-dev; do
+for pkg in pkg-config libssl-dev chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

@@ -26,6 +26,10 @@ pub enum ConfigError {
         field: String,
         reason: String,
     },
+    /// A command-line argument that names nothing in the lake (a run id) or is
+    /// missing where it must be given (`--yes` without a terminal).
+    #[error("{0}")]
+    Argument(String),
 }
 
 /// Errors of the whole pipeline.

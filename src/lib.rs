@@ -16,8 +16,10 @@ pub mod error;
 pub mod fault;
 pub mod lake;
 pub mod query;
+pub mod report;
 pub mod run;
 pub mod source;
+pub mod state;
 pub mod transform;
 pub mod warehouse;
 

@@ -18,6 +18,9 @@ struct Cli {
     /// Only warnings and errors on stderr.
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// Log lines on stderr as text, or as one JSON object per line (log shippers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,6 +39,29 @@ enum Command {
         /// way the lake cannot follow (a dropped column, a narrower or other type).
         #[arg(long)]
         allow_schema_change: bool,
+        /// Reset the `--table` tables first (as `sluice state reset`), so they are
+        /// reloaded from the source in full.
+        #[arg(long, requires = "tables", conflicts_with = "dry_run")]
+        full_refresh: bool,
+        /// Print, per table, the query that would run, its watermark range and the
+        /// committed partitions; write, lock and load nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List recent runs from the lake's run reports, newest first, or show one.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Runs {
+        /// The pipeline file.
+        #[arg(long, short, required = true)]
+        config: Option<PathBuf>,
+        /// How many runs to list.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Also write a static HTML page of these runs (rows and seconds per table).
+        #[arg(long)]
+        html: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<RunsCommand>,
     },
     /// Run SQL over the lake's committed files (each table also has a
     /// `<partition column>_day` date column; filters on it read only those days).
@@ -148,11 +174,45 @@ enum StateCommand {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Start a table over: empty its manifest and delete its files, so the next
+    /// run reloads it from the source (asks first on a terminal).
+    Reset {
+        /// The pipeline file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The table to reset.
+        #[arg(long, short)]
+        table: String,
+        /// Do not ask (required when stdin is not a terminal).
+        #[arg(long, short)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// Print one run's report.
+    Show {
+        /// The pipeline file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The run id (or a prefix matching one run).
+        id: String,
+        /// The stored JSON report as it is.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.quiet);
+    init_logging(cli.quiet, cli.log_format);
     // Panics inside connectorx's reader threads are turned into errors; keep their
     // messages (which may quote driver errors) out of stderr except when debugging.
     std::panic::set_hook(Box::new(|info| {
@@ -183,8 +243,25 @@ async fn dispatch(command: Command) -> Result<(), Error> {
             config,
             tables,
             allow_schema_change,
+            full_refresh,
+            dry_run,
         } => {
             let (config, base) = Config::load(&config)?;
+            if dry_run {
+                let lake = sluice::lake::Lake::open(&config.lake, &base)?;
+                let (text, failure) =
+                    sluice::state::dry_run(&config, &base, &lake, &tables).await?;
+                print!("{}", redact(&text));
+                return failure.map_or(Ok(()), Err);
+            }
+            if full_refresh {
+                let lake = sluice::lake::Lake::open(&config.lake, &base)?;
+                let id = format!("full-refresh-{}", std::process::id());
+                for table in &tables {
+                    let plan = sluice::state::reset(&config, &lake, table, &id).await?;
+                    eprintln!("reset {plan}");
+                }
+            }
             let options = RunOptions {
                 tables,
                 allow_schema_change,
@@ -252,26 +329,53 @@ async fn dispatch(command: Command) -> Result<(), Error> {
         } => {
             let (config, base) = Config::load(&config)?;
             let lake = sluice::lake::Lake::open(&config.lake, &base)?;
-            for table in &config.tables {
-                match lake.read_manifest(&table.name).await? {
-                    None => println!("{}: never committed", table.name),
-                    Some(m) => {
-                        let wm = m
-                            .watermark
-                            .map(|w| w.to_string())
-                            .unwrap_or_else(|| "-".into());
-                        println!(
-                            "{}: version {}, {} rows in {} partitions, watermark {}, pending ClickHouse loads: {}",
-                            m.table,
-                            m.version,
-                            m.rows(),
-                            m.partitions.len(),
-                            wm,
-                            if m.pending_warehouse.is_empty() { "none".to_string() } else { m.pending_warehouse.iter().cloned().collect::<Vec<_>>().join(", ") }
-                        );
-                    }
-                }
+            print!("{}", redact(&sluice::state::show(&config, &lake).await?));
+            Ok(())
+        }
+        Command::State {
+            command: StateCommand::Reset { config, table, yes },
+        } => {
+            let (config, base) = Config::load(&config)?;
+            let lake = sluice::lake::Lake::open(&config.lake, &base)?;
+            let plan = sluice::state::reset_plan(&config, &lake, &table).await?;
+            if !yes {
+                confirm_reset(&plan)?;
             }
+            let id = format!("state-reset-{}", std::process::id());
+            let plan = sluice::state::reset(&config, &lake, &table, &id).await?;
+            println!("reset {plan}; the next run reloads it from the source");
+            Ok(())
+        }
+        Command::Runs {
+            config,
+            limit,
+            html,
+            command: None,
+        } => {
+            let config = config.expect("required by clap");
+            let (config, base) = Config::load(&config)?;
+            let lake = sluice::lake::Lake::open(&config.lake, &base)?;
+            let runs = sluice::report::recent(&lake, limit).await?;
+            if let Some(path) = html {
+                std::fs::write(&path, redact(&sluice::report::html(&runs)))
+                    .map_err(|e| Error::Query(format!("cannot write {}: {e}", path.display())))?;
+            }
+            print!("{}", redact(&sluice::report::format_list(&runs)));
+            Ok(())
+        }
+        Command::Runs {
+            command: Some(RunsCommand::Show { config, id, json }),
+            ..
+        } => {
+            let (config, base) = Config::load(&config)?;
+            let lake = sluice::lake::Lake::open(&config.lake, &base)?;
+            let text = if json {
+                let (_, value) = sluice::report::read_raw(&lake, &id).await?;
+                serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
+            } else {
+                sluice::report::format_run(&sluice::report::read(&lake, &id).await?)
+            };
+            print!("{}", redact(&text));
             Ok(())
         }
     }
@@ -295,6 +399,15 @@ fn summary(report: &sluice::RunReport) -> String {
             t.seconds,
             t.watermark_after.as_deref().unwrap_or("-")
         ));
+        if !t.partitions_written.is_empty() || t.watermark_before != t.watermark_after {
+            out.push_str(&format!(
+                "  partitions {}; {} written; watermark {} -> {}\n",
+                sluice::report::days_text(&t.partitions_written),
+                sluice::report::bytes_text(t.bytes_written),
+                t.watermark_before.as_deref().unwrap_or("-"),
+                t.watermark_after.as_deref().unwrap_or("-")
+            ));
+        }
         for w in &t.warnings {
             out.push_str(&format!("  warning: {w}\n"));
         }
@@ -325,14 +438,44 @@ fn models_summary(models: &[sluice::transform::ModelReport]) -> String {
     out
 }
 
-fn init_logging(quiet: bool) {
+/// Asks on the terminal before `state reset`; without a terminal, `--yes` is needed.
+fn confirm_reset(plan: &sluice::state::ResetPlan) -> Result<(), Error> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let refuse = |why: &str| {
+        Err(Error::Config(sluice::error::ConfigError::Argument(
+            format!("not resetting table {}: {why}", plan.table),
+        )))
+    };
+    if !std::io::stdin().is_terminal() {
+        return refuse("stdin is not a terminal; pass --yes to confirm");
+    }
+    eprint!(
+        "This deletes {plan} and its watermark; the next run reloads it from the source.\nType the table name to confirm: "
+    );
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    if answer.trim() == plan.table {
+        Ok(())
+    } else {
+        refuse("not confirmed")
+    }
+}
+
+fn init_logging(quiet: bool, format: LogFormat) {
     let default = if quiet { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("sluice={default},warn")));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // One JSON object per line: timestamp, level, fields (message included) and
+        // the spans (the table being run).
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
 }

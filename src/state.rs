@@ -1,0 +1,387 @@
+//! The pipeline's state as an operator handles it: what each table has committed
+//! (`sluice state show`), starting a table over (`sluice state reset`, `sluice run
+//! --full-refresh`), and what the next run would do (`sluice run --dry-run`).
+//!
+//! Everything here reads the lake's manifests; only [`reset`] writes, under the
+//! table's lock.
+
+use std::path::Path as FsPath;
+
+use object_store::ObjectStoreExt;
+
+use crate::capture::snapshot::{CURRENT_SUFFIX, SNAPSHOT_DATE_ENV};
+use crate::capture::watermark::extract_query;
+use crate::config::{CaptureMode, Config, TableConfig};
+use crate::error::{register_url_secret, Error, Result};
+use crate::lake::lock::{TableLock, LOCK_FILE};
+use crate::lake::manifest::Manifest;
+use crate::lake::{Lake, MANIFEST_FILE};
+use crate::report::{bytes_text, days_text};
+use crate::source::sql::Dialect;
+
+/// The lake tables one configured table writes: itself, and for `snapshot_diff`
+/// its `<table>_current` state table.
+pub fn lake_tables(table: &TableConfig) -> Vec<String> {
+    let mut names = vec![table.name.clone()];
+    if table.mode == CaptureMode::SnapshotDiff {
+        names.push(format!("{}{CURRENT_SUFFIX}", table.name));
+    }
+    names
+}
+
+fn mode_text(table: &TableConfig) -> String {
+    match table.mode {
+        CaptureMode::Watermark => format!("watermark on {}", table.cursor),
+        CaptureMode::Snapshot => "snapshot".into(),
+        CaptureMode::SnapshotDiff => "snapshot_diff".into(),
+    }
+}
+
+/// Who holds the table's lock, if anyone (as the lock file says).
+async fn lock_holder(lake: &Lake, table: &str) -> Result<Option<String>> {
+    let path = lake.table_path(table).join(LOCK_FILE);
+    match lake.store().get(&path).await {
+        Ok(found) => {
+            let bytes = found.bytes().await?;
+            let lock: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let field = |name: &str| {
+                lock.get(name)
+                    .map(|v| {
+                        v.as_str()
+                            .map(String::from)
+                            .unwrap_or_else(|| v.to_string())
+                    })
+                    .unwrap_or_else(|| "?".into())
+            };
+            Ok(Some(format!(
+                "run {} (process {} on {}, expires {})",
+                field("run_id"),
+                field("pid"),
+                field("host"),
+                field("expires_at")
+            )))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(Error::lake(format!("reading lock {path}: {e}"))),
+    }
+}
+
+/// The summary of one lake table's manifest.
+pub fn describe_manifest(m: &Manifest) -> String {
+    let days: Vec<String> = m.partitions.keys().cloned().collect();
+    let files: usize = m.partitions.values().map(|p| p.files.len()).sum();
+    let bytes: u64 = m
+        .partitions
+        .values()
+        .flat_map(|p| p.files.iter().map(|f| f.bytes))
+        .sum();
+    let mut out = format!(
+        "  manifest version {}, schema version {} ({} columns), committed {} by run {}\n",
+        m.version,
+        m.schema_version,
+        m.schema.len(),
+        if m.committed_at.is_empty() {
+            "-"
+        } else {
+            m.committed_at.as_str()
+        },
+        if m.run_id.is_empty() {
+            "-"
+        } else {
+            m.run_id.as_str()
+        }
+    );
+    out.push_str(&format!(
+        "  partitions: {} ({}), {} rows in {} files, {}\n",
+        days.len(),
+        match days.as_slice() {
+            [] => "none".to_string(),
+            [one] => one.clone(),
+            [first, .., last] => format!("{first} … {last}"),
+        },
+        m.rows(),
+        files,
+        bytes_text(bytes)
+    ));
+    if let Some(w) = &m.watermark {
+        out.push_str(&format!(
+            "  watermark: {w} ({} key(s) loaded at exactly it)\n",
+            m.boundary_keys.len()
+        ));
+    } else {
+        out.push_str("  watermark: none (the next run reads everything)\n");
+    }
+    let pending: Vec<String> = m.pending_warehouse.iter().cloned().collect();
+    out.push_str(&format!(
+        "  pending ClickHouse loads: {}\n",
+        days_text(&pending)
+    ));
+    if m.warehouse_rebuild {
+        out.push_str("  the ClickHouse table is dropped and reloaded by the next run\n");
+    }
+    out
+}
+
+/// `sluice state show`: every configured table's committed state.
+pub async fn show(config: &Config, lake: &Lake) -> Result<String> {
+    let mut out = String::new();
+    for table in &config.tables {
+        for name in lake_tables(table) {
+            match lake.read_manifest(&name).await? {
+                None => out.push_str(&format!("{name}: never committed\n")),
+                Some(m) => {
+                    out.push_str(&format!("{name} ({})\n", mode_text(table)));
+                    out.push_str(&describe_manifest(&m));
+                }
+            }
+            if let Some(holder) = lock_holder(lake, &name).await? {
+                out.push_str(&format!("  locked by {holder}\n"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What a reset of one table removes.
+#[derive(Debug, Clone, Default)]
+pub struct ResetPlan {
+    pub table: String,
+    /// Lake tables whose manifest exists.
+    pub committed: Vec<String>,
+    pub rows: u64,
+    /// Objects under the tables' folders (data files, manifests).
+    pub objects: usize,
+    pub bytes: u64,
+}
+
+impl std::fmt::Display for ResetPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "table {}: {} row(s) committed, {} object(s) ({}) in the lake",
+            self.table,
+            self.rows,
+            self.objects,
+            bytes_text(self.bytes)
+        )
+    }
+}
+
+fn table_config<'a>(config: &'a Config, table: &str) -> Result<&'a TableConfig> {
+    config.table(table).ok_or_else(|| {
+        Error::Config(crate::error::ConfigError::Invalid {
+            table: table.to_string(),
+            field: "--table".into(),
+            reason: "is not a table of this config".into(),
+        })
+    })
+}
+
+/// What [`reset`] of `table` would remove; reads only.
+pub async fn reset_plan(config: &Config, lake: &Lake, table: &str) -> Result<ResetPlan> {
+    let t = table_config(config, table)?;
+    let mut plan = ResetPlan {
+        table: table.to_string(),
+        ..Default::default()
+    };
+    for name in lake_tables(t) {
+        if let Some(m) = lake.read_manifest(&name).await? {
+            plan.rows += m.rows();
+            plan.committed.push(name.clone());
+        }
+        for (path, size) in lake.list(&name).await? {
+            if path != LOCK_FILE {
+                plan.objects += 1;
+                plan.bytes += size;
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// Starts `table` over: under its lock, its manifest is emptied and every data
+/// file deleted, so the next run reads the source from the beginning.
+///
+/// For a watermark table the manifest is not deleted but replaced by an empty one
+/// (the next version, with the schema history kept) marked `warehouse_rebuild`
+/// when ClickHouse is configured: the next run then drops the ClickHouse table and
+/// loads every day again, so days gone from the source do not linger there. The
+/// manifest goes first, then the files: a crash in between leaves orphans that the
+/// next run deletes, never a manifest naming missing files.
+///
+/// Snapshot tables lose their manifests (the table and its `_current` state) and
+/// their document schema, which the next run infers again.
+pub async fn reset(config: &Config, lake: &Lake, table: &str, run_id: &str) -> Result<ResetPlan> {
+    let t = table_config(config, table)?;
+    let lock = TableLock::acquire(lake, table, run_id).await?;
+    let outcome = reset_locked(config, lake, t).await;
+    if let Err(e) = lock.release().await {
+        tracing::warn!(table, error = %e, "Could not release the table lock.");
+    }
+    let plan = outcome?;
+    tracing::info!(
+        table,
+        rows = plan.rows,
+        objects = plan.objects,
+        "Table reset."
+    );
+    Ok(plan)
+}
+
+async fn reset_locked(config: &Config, lake: &Lake, t: &TableConfig) -> Result<ResetPlan> {
+    let plan = reset_plan(config, lake, &t.name).await?;
+    for name in lake_tables(t) {
+        let old = lake.read_manifest(&name).await?;
+        match (t.mode, old) {
+            (CaptureMode::Watermark, Some(old)) => {
+                let mut fresh = Manifest::new(&name, &t.partition_by, &t.key);
+                fresh.version = old.version + 1;
+                fresh.run_id = "reset".into();
+                fresh.committed_at = chrono::Utc::now().to_rfc3339();
+                fresh.schema_version = old.schema_version;
+                fresh.schema_history = old.schema_history;
+                fresh.warehouse_rebuild = config.clickhouse.is_some();
+                lake.write_manifest(&fresh).await?;
+            }
+            (_, Some(_)) => {
+                let path = lake.table_path(&name).join(MANIFEST_FILE);
+                lake.store()
+                    .delete(&path)
+                    .await
+                    .map_err(|e| Error::lake(format!("deleting {path}: {e}")))?;
+            }
+            (_, None) => {}
+        }
+        let files: Vec<String> = lake
+            .list(&name)
+            .await?
+            .into_iter()
+            .map(|(path, _)| path)
+            .filter(|p| p != LOCK_FILE && p != MANIFEST_FILE)
+            .collect();
+        lake.delete_files(&name, files.iter().map(String::as_str))
+            .await?;
+    }
+    if t.mode != CaptureMode::Watermark {
+        let schema = lake.path(&format!("_sluice/mongo/{}/schema.json", t.name));
+        match lake.store().delete(&schema).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::lake(format!("deleting {schema}: {e}"))),
+        }
+    }
+    let staging = format!("_sluice/staging/{}", t.name);
+    for (path, _) in lake.list(&staging).await? {
+        lake.store()
+            .delete(&lake.path(&format!("{staging}/{path}")))
+            .await?;
+    }
+    Ok(plan)
+}
+
+/// `sluice run --dry-run`: per table, the query the next run would send and the
+/// partitions that exist now. Reads the manifests and, for a `source_table`, the
+/// source's catalog (to print the exact typed query); writes nothing, takes no
+/// lock, does not contact ClickHouse.
+///
+/// A table whose catalog cannot be read is reported in the text and its error
+/// returned after the other tables, as the second element.
+pub async fn dry_run(
+    config: &Config,
+    base: &FsPath,
+    lake: &Lake,
+    tables: &[String],
+) -> Result<(String, Option<Error>)> {
+    if let Some(unknown) = tables.iter().find(|t| config.table(t).is_none()) {
+        table_config(config, unknown)?;
+    }
+    for source in config.sources.values() {
+        register_url_secret(&source.url);
+    }
+    let mut out = String::from(
+        "dry run: reads manifests and source catalogs only; nothing is written, locked or loaded\n",
+    );
+    let mut failure = None;
+    for t in &config.tables {
+        if !tables.is_empty() && !tables.contains(&t.name) {
+            continue;
+        }
+        let source = &config.sources[&t.source];
+        out.push_str(&format!(
+            "\ntable {} ({}, source {})\n",
+            t.name,
+            mode_text(t),
+            t.source
+        ));
+        let manifest = lake.read_manifest(&t.name).await?;
+        match t.mode {
+            CaptureMode::Watermark => {
+                let base_sql = match (&t.source_table, &t.query) {
+                    (Some(st), _) => {
+                        match crate::source::types::plan(&t.name, source.kind, &source.url, st)
+                            .await
+                        {
+                            Ok(typed) => Some(typed.sql),
+                            Err(e) => {
+                                out.push_str(&format!("  cannot plan the query: {e}\n"));
+                                failure.get_or_insert(e);
+                                None
+                            }
+                        }
+                    }
+                    (None, Some(q)) => Some(q.trim().trim_end_matches(';').to_string()),
+                    (None, None) => None,
+                };
+                let watermark = manifest.as_ref().and_then(|m| m.watermark);
+                if let Some(base_sql) = base_sql {
+                    let sql = extract_query(
+                        Dialect::from(source.kind),
+                        &base_sql,
+                        &t.cursor,
+                        &t.partition_by,
+                        watermark.as_ref(),
+                    );
+                    out.push_str(&format!("  query: {sql}\n"));
+                }
+                match &watermark {
+                    Some(w) => out.push_str(&format!(
+                        "  watermark range: {} >= {w} (rows loaded at exactly {w} are skipped) up to the largest value read\n",
+                        t.cursor
+                    )),
+                    None => out.push_str(&format!(
+                        "  watermark range: none yet: every row, up to the largest {} read\n",
+                        t.cursor
+                    )),
+                }
+                out.push_str(&format!(
+                    "  partitions replaced: the {} days of the rows read (a day with files is merged by key and rewritten)\n",
+                    t.partition_by
+                ));
+            }
+            CaptureMode::Snapshot | CaptureMode::SnapshotDiff => {
+                let day = std::env::var(SNAPSHOT_DATE_ENV)
+                    .unwrap_or_else(|_| chrono::Utc::now().format("%Y-%m-%d").to_string());
+                out.push_str(&format!(
+                    "  query: the whole collection {:?}, sorted by key\n  partition replaced: {day} ({})\n",
+                    t.collection.as_deref().unwrap_or(""),
+                    if t.mode == CaptureMode::Snapshot {
+                        "the snapshot day"
+                    } else {
+                        "the change day; diffed against the last earlier snapshot"
+                    }
+                ));
+            }
+        }
+        match &manifest {
+            None => out.push_str("  committed: nothing yet (first run)\n"),
+            Some(m) => out.push_str(&describe_manifest(m)),
+        }
+    }
+    let models = crate::transform::model_names(config, base)?;
+    if !models.is_empty() {
+        out.push_str(&format!(
+            "\nthen the SQL models, rebuilt in dependency order: {}\n",
+            models.join(", ")
+        ));
+    }
+    Ok((out, failure))
+}
