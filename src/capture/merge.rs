@@ -10,10 +10,10 @@ use arrow::array::BooleanArray;
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
 use futures::TryStreamExt;
 use object_store::path::Path;
 
-use super::watermark::key_strings;
 use crate::error::{Error, Result};
 use crate::lake::manifest::FileEntry;
 use crate::lake::writer::FileRoller;
@@ -40,14 +40,31 @@ pub async fn merge_partition(
     changed: &[(Path, u64)],
     mut out: FileRoller,
 ) -> Result<Merged> {
-    let mut changed_keys: HashSet<Vec<String>> = HashSet::new();
+    // Keys in Arrow's row format: compact bytes, equal exactly when the values are.
+    let converter = RowConverter::new(
+        key_columns
+            .iter()
+            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+            .collect(),
+    )
+    .map_err(|e| Error::capture(table, e))?;
+    let keys_of = |batch: &RecordBatch| {
+        let columns: Vec<_> = key_columns
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        converter
+            .convert_columns(&columns)
+            .map_err(|e| Error::capture(table, e))
+    };
+    let mut changed_keys: HashSet<Box<[u8]>> = HashSet::new();
     for (path, size) in changed {
         let mut batches = lake
             .read_parquet(path.clone(), *size, READ_BATCH_ROWS)
             .await?;
         while let Some(batch) = batches.try_next().await? {
-            changed_keys
-                .extend(key_strings(&batch, key_columns).map_err(|e| Error::capture(table, e))?);
+            let batch = conform(table, schema, batch)?;
+            changed_keys.extend(keys_of(&batch)?.iter().map(|row| Box::from(row.as_ref())));
         }
     }
     let mut replaced_rows = 0u64;
@@ -57,10 +74,10 @@ pub async fn merge_partition(
             .await?;
         while let Some(batch) = batches.try_next().await? {
             let batch = conform(table, schema, batch)?;
-            let keys = key_strings(&batch, key_columns).map_err(|e| Error::capture(table, e))?;
+            let keys = keys_of(&batch)?;
             let keep: BooleanArray = keys
                 .iter()
-                .map(|k| Some(!changed_keys.contains(k)))
+                .map(|row| Some(!changed_keys.contains(row.as_ref())))
                 .collect();
             let kept = filter_record_batch(&batch, &keep).map_err(|e| Error::capture(table, e))?;
             replaced_rows += (batch.num_rows() - kept.num_rows()) as u64;
