@@ -19,9 +19,15 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::Column;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::Expr;
 use datafusion::prelude::{SessionConfig, SessionContext};
+
+/// Memory DataFusion may use for buffering operators while running models; beyond
+/// it, sorts and aggregates spill to disk.
+const MODEL_MEMORY_BYTES: usize = 256 * 1024 * 1024;
 use futures::StreamExt;
 use serde::Serialize;
 use tracing::{info, info_span, warn, Instrument};
@@ -252,7 +258,14 @@ impl<'a> Runner<'a> {
         let mut session = SessionConfig::new();
         // Planning errors then carry the line of the offending identifier.
         session.options_mut().sql_parser.collect_spans = true;
-        let ctx = SessionContext::new_with_config(session);
+        // Bounded memory: operators that buffer (the sort by day before writing a
+        // partitioned model, joins, aggregates) spill to temporary files instead
+        // of holding a whole model in memory.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(MODEL_MEMORY_BYTES)))
+            .build_arc()
+            .map_err(|e| Error::Query(format!("model runtime: {e}")))?;
+        let ctx = SessionContext::new_with_config_rt(session, runtime);
         let tables: BTreeSet<String> = config.tables.iter().map(|t| t.name.clone()).collect();
         let project = Project::load(models_config, base, &tables, &ctx.state())?;
         let store_url = register_lake_store(&ctx, lake)?;
