@@ -20,6 +20,12 @@ fi
 
 scripts/services.sh up
 
+# The readers of tests/interop.rs. DuckDB's httpfs comes as a wheel of DuckDB's own
+# version (DuckDB would download it from its extension server otherwise).
+python3 -c 'import duckdb, duckdb_extension_httpfs, pyarrow, polars; assert duckdb.__version__ == "1.5.5"' 2>/dev/null ||
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+    "duckdb==1.5.5" "duckdb-extension-httpfs==1.5.5" "pyarrow>=15" "polars>=1"
+
 echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"

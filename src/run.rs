@@ -342,7 +342,7 @@ impl TableRun<'_> {
                     if let Some((day, roller)) = open.take() {
                         self.close_day(&mut outputs, day, roller, &manifest).await?;
                     }
-                    let roller = self.open_day(slice.day, &manifest, &schema, rollers);
+                    let roller = self.open_day(slice.day, &manifest, &schema, rollers)?;
                     rollers += 1;
                     open = Some((slice.day, roller));
                 }
@@ -400,7 +400,7 @@ impl TableRun<'_> {
                         .iter()
                         .map(|f| (self.lake.path(&f.path), f.bytes))
                         .collect();
-                    let roller = self.open_final(day, &schema, rollers);
+                    let roller = self.open_final(day, &schema, rollers)?;
                     rollers += 1;
                     let merged = merge_partition(
                         name,
@@ -557,7 +557,8 @@ impl TableRun<'_> {
         format!("{}={}", self.table.partition_by, day_string(day))
     }
 
-    fn open_final(&self, day: i32, schema: &SchemaRef, seq: usize) -> FileRoller {
+    /// A day's files are sorted by the key within each row group.
+    fn open_final(&self, day: i32, schema: &SchemaRef, seq: usize) -> Result<FileRoller> {
         let rel = self.day_dir(day);
         let dir = join(&self.lake.table_path(&self.table.name), &rel);
         FileRoller::new(
@@ -567,6 +568,7 @@ impl TableRun<'_> {
             &format!("{}-{seq}", self.run_id),
             schema.clone(),
         )
+        .sorted_by(&self.table.key)
     }
 
     fn open_day(
@@ -575,16 +577,18 @@ impl TableRun<'_> {
         manifest: &Manifest,
         schema: &SchemaRef,
         seq: usize,
-    ) -> FileRoller {
+    ) -> Result<FileRoller> {
         if manifest.partitions.contains_key(&day_string(day)) {
+            // Staged rows are merged into the day by `open_final`'s roller, which
+            // sorts them: no need to sort them here.
             let rel = format!("{}/{}", self.staging_dir(), self.day_dir(day));
-            FileRoller::new(
+            Ok(FileRoller::new(
                 self.lake,
                 self.lake.path(&rel),
                 rel,
                 &format!("{}-{seq}", self.run_id),
                 schema.clone(),
-            )
+            ))
         } else {
             self.open_final(day, schema, seq)
         }

@@ -1,15 +1,25 @@
 //! Parquet writing: one partition folder at a time, files rolled at the target size.
+//!
+//! What analysts' tools get: zstd, column statistics with a page index, row groups
+//! of at most `row_group_rows` rows, files of about `target_file_bytes` (a small day
+//! is one file), timestamps as stored by the source's Arrow type (`+00:00` for
+//! instants). With [`FileRoller::sorted_by`], rows are sorted by the key within
+//! each row group, and the files declare it (`sorting_columns`): sorting buffers at
+//! most one row group of rows, so a day larger than a row group is sorted within
+//! each row group, not across them.
 
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
-use arrow::compute::{cast, partition};
+use arrow::compute::{cast, concat_batches, lexsort_to_indices, partition, take_record_batch};
+use arrow::compute::{SortColumn, SortOptions};
 use arrow::datatypes::{DataType, Date32Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use super::manifest::FileEntry;
@@ -18,6 +28,10 @@ use crate::error::{Error, Result};
 
 /// Writer settings shared by every file of the lake.
 pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
+    properties_builder(row_group_rows).build()
+}
+
+fn properties_builder(row_group_rows: usize) -> parquet::file::properties::WriterPropertiesBuilder {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).expect("valid zstd level"),
@@ -25,7 +39,6 @@ pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(row_group_rows))
         .set_created_by(format!("sluice {}", env!("CARGO_PKG_VERSION")))
-        .build()
 }
 
 /// Writes the batches of one folder as `part-<run>-<n>.parquet` files, starting a
@@ -42,6 +55,12 @@ pub struct FileRoller {
     current: Option<(AsyncArrowWriter<BufWriter>, String)>,
     seq: usize,
     files: Vec<FileEntry>,
+    /// Columns to sort each row group by (indices into `schema`); empty: as given.
+    sort_key: Vec<usize>,
+    /// Rows waiting to be sorted and written as one row group.
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    pending_bytes: usize,
 }
 
 impl FileRoller {
@@ -57,7 +76,50 @@ impl FileRoller {
             current: None,
             seq: 0,
             files: Vec::new(),
+            sort_key: Vec::new(),
+            pending: Vec::new(),
+            pending_rows: 0,
+            pending_bytes: 0,
         }
+    }
+
+    /// Sorts the rows of each row group by `key` (ascending, nulls first) and
+    /// records that order in the files' metadata. Key columns missing from the
+    /// schema are an error.
+    pub fn sorted_by(mut self, key: &[String]) -> Result<Self> {
+        let mut sort_key = Vec::with_capacity(key.len());
+        for name in key {
+            let index = self.schema.index_of(name).map_err(|_| {
+                Error::lake(format!(
+                    "{}: key column {name:?} is not among the columns written",
+                    self.rel_dir
+                ))
+            })?;
+            sort_key.push(index);
+        }
+        // `sorting_columns` counts leaf columns: declare the order only when no
+        // nested column comes before a key column (their leaves would shift it).
+        let flat_before = |i: usize| {
+            self.schema.fields()[..i]
+                .iter()
+                .all(|f| !f.data_type().is_nested())
+        };
+        let declared = sort_key.iter().all(|&i| flat_before(i));
+        if declared && !sort_key.is_empty() {
+            let columns = sort_key
+                .iter()
+                .map(|&i| SortingColumn {
+                    column_idx: i as i32,
+                    descending: false,
+                    nulls_first: true,
+                })
+                .collect();
+            self.properties = properties_builder(self.lake.row_group_rows)
+                .set_sorting_columns(Some(columns))
+                .build();
+        }
+        self.sort_key = sort_key;
+        Ok(self)
     }
 
     /// Appends a batch (of the roller's schema).
@@ -65,6 +127,59 @@ impl FileRoller {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        if self.sort_key.is_empty() {
+            return self.write_unsorted(batch).await;
+        }
+        // Gather up to a row group of rows (and no more than a file's worth of
+        // memory), then write them sorted as one row group.
+        let mut batch = batch.clone();
+        while batch.num_rows() > 0 {
+            let room = self.lake.row_group_rows - self.pending_rows;
+            let part = batch.slice(0, room.min(batch.num_rows()));
+            batch = batch.slice(part.num_rows(), batch.num_rows() - part.num_rows());
+            self.pending_rows += part.num_rows();
+            self.pending_bytes += part.get_array_memory_size();
+            self.pending.push(part);
+            if self.pending_rows >= self.lake.row_group_rows
+                || self.pending_bytes >= self.lake.target_file_bytes
+            {
+                self.write_pending().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sorts the pending rows by the key and writes them as one row group.
+    async fn write_pending(&mut self) -> Result<()> {
+        if self.pending_rows == 0 {
+            return Ok(());
+        }
+        let sort_error = |e: arrow::error::ArrowError| {
+            Error::lake(format!("{}: sorting rows by the key: {e}", self.rel_dir))
+        };
+        let rows = concat_batches(&self.schema, &self.pending).map_err(sort_error)?;
+        self.pending.clear();
+        self.pending_rows = 0;
+        self.pending_bytes = 0;
+        let columns: Vec<SortColumn> = self
+            .sort_key
+            .iter()
+            .map(|&i| SortColumn {
+                values: Arc::clone(rows.column(i)),
+                options: Some(SortOptions::default()),
+            })
+            .collect();
+        let order = lexsort_to_indices(&columns, None).map_err(sort_error)?;
+        let sorted = take_record_batch(&rows, &order).map_err(sort_error)?;
+        self.write_unsorted(&sorted).await?;
+        if let Some((writer, _)) = self.current.as_mut() {
+            // Ends the row group here, so that it holds exactly these sorted rows.
+            writer.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_unsorted(&mut self, batch: &RecordBatch) -> Result<()> {
         if self.current.is_none() {
             let name = format!("{}-{:05}.parquet", self.file_prefix, self.seq);
             self.seq += 1;
@@ -112,6 +227,7 @@ impl FileRoller {
 
     /// Closes the last file and returns every file written.
     pub async fn finish(mut self) -> Result<Vec<FileEntry>> {
+        self.write_pending().await?;
         self.close_current().await?;
         Ok(self.files)
     }
