@@ -75,8 +75,21 @@ enum Command {
         /// Write the result to this file instead of stdout (required for parquet).
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Read snapshot and change tables as they were on this day (YYYY-MM-DD).
+        #[arg(long, value_name = "DAY")]
+        as_of: Option<chrono::NaiveDate>,
         /// One SQL statement, e.g. "SELECT count(*) FROM transactions".
         sql: String,
+    },
+    /// An interactive SQL prompt over the lake, as `sluice query` sees it
+    /// (statements end with `;`; `\d`, `\d TABLE`, `\q`).
+    Shell {
+        /// The pipeline file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Read snapshot and change tables as they were on this day (YYYY-MM-DD).
+        #[arg(long, value_name = "DAY")]
+        as_of: Option<chrono::NaiveDate>,
     },
     /// Run only the SQL models of the config's `[models]` section over the lake
     /// (`sluice run` runs them after the tables).
@@ -274,12 +287,25 @@ async fn dispatch(command: Command) -> Result<(), Error> {
             config,
             format,
             output,
+            as_of,
             sql,
         } => {
             let (config, base) = Config::load(&config)?;
             let options = sluice::query::QueryOptions { format, output };
-            sluice::query::query(&config, &base, &sql, &options, std::io::stdout().lock()).await?;
+            let out = std::io::stdout().lock();
+            sluice::query::query_as_of(&config, &base, &sql, &options, as_of, out).await?;
             Ok(())
+        }
+        Command::Shell { config, as_of } => {
+            use std::io::IsTerminal;
+            let (config, base) = Config::load(&config)?;
+            let stdin = std::io::stdin();
+            let options = sluice::query::shell::ShellOptions {
+                as_of,
+                interactive: stdin.is_terminal(),
+            };
+            let (out, err) = (std::io::stdout(), std::io::stderr());
+            sluice::query::shell::shell(&config, &base, &options, stdin.lock(), out, err).await
         }
         Command::Demo {
             dir,

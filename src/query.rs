@@ -20,6 +20,13 @@
 //! Results go to stdout or `--output FILE` as a pretty table (which holds the whole
 //! result in memory to size its columns), CSV, JSON lines or Parquet; the last
 //! three stream batch by batch.
+//!
+//! `--as-of YYYY-MM-DD` reads snapshot and change tables as they were on that day
+//! ([`as_of`]); `sluice shell` is an interactive prompt over the same session
+//! ([`shell`]).
+
+pub mod as_of;
+pub mod shell;
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -97,10 +104,23 @@ pub async fn query<W: Write>(
     options: &QueryOptions,
     out: W,
 ) -> Result<QuerySummary> {
+    query_as_of(config, base, sql, options, None, out).await
+}
+
+/// [`query`], with the snapshot and change tables read as of `as_of` when given
+/// (see [`as_of`]).
+pub async fn query_as_of<W: Write>(
+    config: &Config,
+    base: &FsPath,
+    sql: &str,
+    options: &QueryOptions,
+    as_of: Option<chrono::NaiveDate>,
+    out: W,
+) -> Result<QuerySummary> {
     if options.format == OutputFormat::Parquet && options.output.is_none() {
         return Err(parquet_needs_output());
     }
-    let session = LakeSession::open(config, base).await?;
+    let session = LakeSession::open_as_of(config, base, as_of).await?;
     let stream = session.execute(sql).await?;
     let Some(path) = &options.output else {
         return write_text(stream, options.format, out).await;
@@ -138,6 +158,16 @@ pub struct LakeSession {
 impl LakeSession {
     /// Opens the lake of `config` and registers its committed tables.
     pub async fn open(config: &Config, base: &FsPath) -> Result<Self> {
+        Self::open_as_of(config, base, None).await
+    }
+
+    /// Like [`LakeSession::open`], with the snapshot and change tables as of
+    /// `as_of` when given.
+    pub async fn open_as_of(
+        config: &Config,
+        base: &FsPath,
+        as_of: Option<chrono::NaiveDate>,
+    ) -> Result<Self> {
         check_local_lake_exists(&config.lake, base)?;
         let lake = Lake::open(&config.lake, base)?;
         let ctx =
@@ -159,8 +189,15 @@ impl LakeSession {
                         files = provider.files.len(),
                         "Table registered."
                     );
-                    ctx.register_table(name.as_str(), Arc::new(provider))
-                        .map_err(|e| query_error(&e))?;
+                    match as_of {
+                        Some(day) => {
+                            as_of::register(&ctx, name, &manifest, provider, day).await?;
+                        }
+                        None => {
+                            ctx.register_table(name.as_str(), Arc::new(provider))
+                                .map_err(|e| query_error(&e))?;
+                        }
+                    }
                 }
             }
         }
@@ -370,6 +407,16 @@ impl LakeTable {
         table.file_schema = file_schema;
         table.day_column = String::new();
         Ok(table)
+    }
+
+    /// The partition days of the live files (days since 1970-01-01).
+    pub fn days(&self) -> impl Iterator<Item = i32> + '_ {
+        self.files.iter().map(|f| f.day)
+    }
+
+    /// Keeps only the files of the days for which `keep` is true.
+    pub fn retain_days(&mut self, keep: impl Fn(i32) -> bool) {
+        self.files.retain(|f| keep(f.day));
     }
 
     /// Whether `filter` can be decided from the day column alone.
