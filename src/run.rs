@@ -106,7 +106,7 @@ pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result
     let started = chrono::Utc::now();
     let run_id = format!(
         "{}-{}",
-        started.format("%Y%m%dT%H%M%SZ"),
+        started.format("%Y%m%dT%H%M%S%3fZ"),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     info!(run_id = %run_id, "Run started.");
