@@ -454,21 +454,7 @@ impl Warehouse {
         }
         .create_table_with_engine(engine)
         .map_err(|e| Error::warehouse(table, e))?;
-        self.execute(
-            table,
-            &format!("CREATE DATABASE IF NOT EXISTS {}", ident(&self.database)),
-        )
-        .await?;
-        self.execute(table, &ddl).await?;
-        self.execute(
-            table,
-            &format!(
-                "CREATE TABLE IF NOT EXISTS {} AS {}",
-                self.qualified(&Self::staging_table(table)),
-                self.qualified(table)
-            ),
-        )
-        .await
+        self.ensure_table_with(table, &ddl).await
     }
 
     /// Replaces partition `day` of `table` with the rows of the same partition of
