@@ -101,10 +101,19 @@ pub struct ClickHouseConfig {
     /// docker-compose. Defaults to `AWS_ENDPOINT`.
     #[serde(default)]
     pub s3_endpoint: Option<String>,
+    /// Days loaded by one `INSERT … SELECT FROM s3()` and one `ALTER TABLE …
+    /// REPLACE PARTITION …, …`; at most ClickHouse's `max_partitions_per_insert_block`
+    /// on the server (100 by default, which is this default).
+    #[serde(default = "default_days_per_load")]
+    pub days_per_load: usize,
 }
 
 fn default_clickhouse_user() -> String {
     "default".to_string()
+}
+
+fn default_days_per_load() -> usize {
+    100
 }
 
 /// One table to move.
@@ -270,6 +279,13 @@ impl Config {
         if let Some(ch) = &self.clickhouse {
             if ch.database.is_empty() {
                 return Err(invalid("-", "clickhouse.database", "is empty".into()));
+            }
+            if !(1..=1000).contains(&ch.days_per_load) {
+                return Err(invalid(
+                    "-",
+                    "clickhouse.days_per_load",
+                    format!("is {}; it must be between 1 and 1000", ch.days_per_load),
+                ));
             }
             if !self.lake.url.starts_with("s3://") {
                 return Err(invalid(
@@ -524,6 +540,18 @@ mod tests {
         let text = MINIMAL.replace("key = [\"id\"]", "key = []");
         let err = Config::from_toml(&text, &env).unwrap_err().to_string();
         assert!(err.contains("transactions") && err.contains("key"), "{err}");
+    }
+
+    #[test]
+    fn days_per_load_defaults_to_clickhouse_limit_and_is_bounded() {
+        let c = Config::from_toml(MINIMAL, &env).unwrap();
+        assert_eq!(c.clickhouse.unwrap().days_per_load, 100);
+        let text = MINIMAL.replace(
+            "database = \"analytics\"",
+            "database = \"analytics\"\ndays_per_load = 0",
+        );
+        let err = Config::from_toml(&text, &env).unwrap_err().to_string();
+        assert!(err.contains("clickhouse.days_per_load"), "{err}");
     }
 
     #[test]

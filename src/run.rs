@@ -23,7 +23,7 @@ use arrow::datatypes::SchemaRef;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use serde::Serialize;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::capture::merge::{conform, merge_partition};
 use crate::capture::watermark::{extract_query, CursorColumn, CursorValue, WatermarkTracker};
@@ -483,8 +483,9 @@ impl TableRun<'_> {
                     parse_day(&chrono::Utc::now().format("%Y-%m-%d").to_string()).unwrap_or(0);
                 today - days as i32
             });
-            for day in next.pending_warehouse.clone() {
-                if let (Some(oldest), Some(d)) = (oldest_kept, parse_day(&day)) {
+            let mut days = Vec::with_capacity(next.pending_warehouse.len());
+            for day in &next.pending_warehouse {
+                if let (Some(oldest), Some(d)) = (oldest_kept, parse_day(day)) {
                     if d < oldest {
                         report.warnings.push(format!(
                             "partition {day} is older than retention_days and was not loaded into ClickHouse"
@@ -492,14 +493,19 @@ impl TableRun<'_> {
                         continue;
                     }
                 }
-                let partition = next.partitions.get(&day).cloned().unwrap_or_default();
-                let rows = warehouse
-                    .load_partition(t, &columns, &day, &partition)
-                    .await?;
-                info!(partition = %day, rows, "Partition loaded.");
+                let partition = next.partitions.get(day).cloned().unwrap_or_default();
+                days.push((day.clone(), partition));
+            }
+            for (day, rows) in warehouse.load_partitions(t, &columns, &days).await? {
+                debug!(partition = %day, rows, "Partition loaded.");
                 report.partitions_loaded.push(day);
                 report.rows_loaded += rows;
             }
+            info!(
+                partitions = report.partitions_loaded.len(),
+                rows = report.rows_loaded,
+                "Loaded into ClickHouse."
+            );
             fault::point("run.before_final_commit");
             next.pending_warehouse.clear();
             next.warehouse_rebuild = false;

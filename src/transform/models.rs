@@ -585,17 +585,24 @@ impl<'a> Runner<'a> {
         warehouse.ensure_table_with(name, &ddl).await?;
         let table = table_config(name, &key, partition_by.as_deref())?;
         let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-        let mut rows = 0;
-        for day in &manifest.pending_warehouse {
-            let partition = if model.settings.partition_by.is_none() {
-                whole(manifest)
-            } else {
-                manifest.partitions.get(day).cloned().unwrap_or_default()
-            };
-            rows += warehouse
-                .load_partition(&table, &columns, day, &partition)
-                .await?;
-        }
+        let days: Vec<(String, PartitionEntry)> = manifest
+            .pending_warehouse
+            .iter()
+            .map(|day| {
+                let partition = if model.settings.partition_by.is_none() {
+                    whole(manifest)
+                } else {
+                    manifest.partitions.get(day).cloned().unwrap_or_default()
+                };
+                (day.clone(), partition)
+            })
+            .collect();
+        let rows: u64 = warehouse
+            .load_partitions(&table, &columns, &days)
+            .await?
+            .iter()
+            .map(|(_, rows)| rows)
+            .sum();
         info!(
             rows,
             partitions = manifest.pending_warehouse.len(),

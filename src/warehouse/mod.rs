@@ -21,6 +21,8 @@ pub struct Warehouse {
     /// `http(s)://endpoint/bucket[/prefix]` as ClickHouse sees it.
     lake_url: String,
     credentials: Option<(String, String)>,
+    /// Most days per load statement (`clickhouse.days_per_load`).
+    days_per_load: usize,
 }
 
 impl Warehouse {
@@ -66,6 +68,7 @@ impl Warehouse {
             database: config.database.clone(),
             lake_url,
             credentials,
+            days_per_load: config.days_per_load,
         })
     }
 
@@ -207,26 +210,67 @@ impl Warehouse {
         day: &str,
         partition: &PartitionEntry,
     ) -> Result<u64> {
+        let loaded = self
+            .load_partitions(config, columns, &[(day.to_string(), partition.clone())])
+            .await?;
+        Ok(loaded.first().map_or(0, |(_, rows)| *rows))
+    }
+
+    /// Replaces the given days of `config.name` with the lake's files of those days,
+    /// several days per statement (see [`LoadBatch`]): the files are inserted into
+    /// the staging twin, the per-day row counts checked against the lake, then every
+    /// day is swapped in by one `ALTER TABLE … REPLACE PARTITION …, REPLACE
+    /// PARTITION …` and counted again. Each day is replaced atomically; a failure
+    /// part way leaves some days old and some new, and the caller loads them all
+    /// again on the next run. Returns the rows now in each ClickHouse partition, in
+    /// the order given.
+    pub async fn load_partitions(
+        &self,
+        config: &TableConfig,
+        columns: &[String],
+        days: &[(String, PartitionEntry)],
+    ) -> Result<Vec<(String, u64)>> {
+        let mut loaded = Vec::with_capacity(days.len());
+        for batch in LoadBatch::split(days, self.days_per_load) {
+            loaded.extend(self.load_batch(config, columns, batch).await?);
+        }
+        Ok(loaded)
+    }
+
+    async fn load_batch(
+        &self,
+        config: &TableConfig,
+        columns: &[String],
+        days: &[(String, PartitionEntry)],
+    ) -> Result<Vec<(String, u64)>> {
         let name = &config.name;
         let target = self.qualified(name);
         let stage = self.qualified(&Self::staging_table(name));
-        self.execute(name, &format!("TRUNCATE TABLE {stage}"))
-            .await?;
-        if !partition.files.is_empty() {
+        let truncate = format!("TRUNCATE TABLE {stage}");
+        self.execute(name, &truncate).await?;
+        let files: Vec<&str> = days
+            .iter()
+            .flat_map(|(_, p)| p.files.iter().map(|f| f.path.as_str()))
+            .collect();
+        if !files.is_empty() {
             let column_list = columns
                 .iter()
                 .map(|c| ident(c))
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
-                // The lake's folders are `col=day`: without this ClickHouse would read
-                // the partition column from the path (a date) instead of the file.
-                // s3_retry_attempts: ClickHouse's default (hundreds) would stall the
-                // load for many minutes when the lake is unreachable; sluice
-                // retries the whole load itself.
+                // The lake's folders are `col=day`: without use_hive_partitioning = 0
+                // ClickHouse would read the partition column from the path (a date)
+                // instead of the file. s3_retry_attempts: ClickHouse's default
+                // (hundreds) would stall the load for many minutes when the lake is
+                // unreachable; sluice retries the whole load itself.
+                // max_partitions_per_insert_block: a batch holds at most
+                // days_per_load days.
                 "INSERT INTO {stage} ({column_list}) SELECT {column_list} FROM {} \
-                 SETTINGS use_hive_partitioning = 0, s3_retry_attempts = 3",
-                self.s3_call(name, partition)
+                 SETTINGS use_hive_partitioning = 0, s3_retry_attempts = 3, \
+                 max_partitions_per_insert_block = {}",
+                self.s3_call(name, &files),
+                self.days_per_load.max(100)
             );
             // Not repeatable as such (a lost answer may hide a done insert): each
             // retry starts again from an empty staging table.
@@ -244,86 +288,129 @@ impl Warehouse {
                         tracing::warn!(table = %name, attempt, error = %redact(&chain(&e)), "ClickHouse insert failed; retrying.");
                         tokio::time::sleep(delay).await;
                         delay *= 2;
-                        self.execute(name, &format!("TRUNCATE TABLE {stage}"))
-                            .await?;
+                        self.execute(name, &truncate).await?;
                     }
                     Err(e) => return Err(Error::warehouse(name, chain(&e))),
                 }
             }
             crate::fault::point("warehouse.after_stage_insert");
         }
-        let staged = self
-            .count(name, &format!("SELECT count() FROM {stage}"))
-            .await?;
-        if staged != partition.rows {
-            return Err(Error::warehouse(
-                name,
-                format!(
-                    "partition {day}: staged {staged} rows but the lake has {}; nothing was replaced",
-                    partition.rows
-                ),
-            ));
+        let staged = self.counts_by_partition(name, &stage, None).await?;
+        let expected: Vec<(String, String, u64)> = days
+            .iter()
+            .map(|(day, p)| (day.clone(), partition_id(day), p.rows))
+            .collect();
+        for (id, rows) in &staged {
+            if !expected.iter().any(|(_, e, _)| e == id) {
+                return Err(Error::warehouse(
+                    name,
+                    format!(
+                        "{rows} staged rows fall in ClickHouse partition {id}, which is not \
+                         among the days loaded; nothing was replaced"
+                    ),
+                ));
+            }
         }
-        let id = partition_id(day);
+        for (day, id, rows) in &expected {
+            let got = staged.get(id).copied().unwrap_or(0);
+            if got != *rows {
+                return Err(Error::warehouse(
+                    name,
+                    format!(
+                        "partition {day}: staged {got} rows but the lake has {rows}; nothing was replaced"
+                    ),
+                ));
+            }
+        }
         // REPLACE from an empty source is refused by some ClickHouse versions; an
         // emptied day is a DROP.
-        let swap = if staged == 0 {
-            format!("ALTER TABLE {target} DROP PARTITION ID {}", string(&id))
-        } else {
-            format!(
-                "ALTER TABLE {target} REPLACE PARTITION ID {} FROM {stage}",
-                string(&id)
-            )
-        };
-        self.execute(name, &swap).await?;
+        let swaps: Vec<String> = expected
+            .iter()
+            .map(|(_, id, rows)| {
+                if *rows == 0 {
+                    format!("DROP PARTITION ID {}", string(id))
+                } else {
+                    format!("REPLACE PARTITION ID {} FROM {stage}", string(id))
+                }
+            })
+            .collect();
+        self.execute(name, &format!("ALTER TABLE {target} {}", swaps.join(", ")))
+            .await?;
         crate::fault::point("warehouse.after_replace");
+        let ids: Vec<String> = expected.iter().map(|(_, id, _)| string(id)).collect();
         let loaded = self
-            .count(
-                name,
-                &format!(
-                    "SELECT count() FROM {target} WHERE _partition_id = {}",
-                    string(&id)
-                ),
-            )
+            .counts_by_partition(name, &target, Some(&ids.join(", ")))
             .await?;
-        if loaded != partition.rows {
-            return Err(Error::warehouse(
-                name,
-                format!(
-                    "partition {day}: {loaded} rows after REPLACE PARTITION, expected {}",
-                    partition.rows
-                ),
-            ));
+        let mut result = Vec::with_capacity(expected.len());
+        for (day, id, rows) in expected {
+            let got = loaded.get(&id).copied().unwrap_or(0);
+            if got != rows {
+                return Err(Error::warehouse(
+                    name,
+                    format!("partition {day}: {got} rows after REPLACE PARTITION, expected {rows}"),
+                ));
+            }
+            result.push((day, got));
         }
-        self.execute(name, &format!("TRUNCATE TABLE {stage}"))
-            .await?;
-        Ok(loaded)
+        self.execute(name, &truncate).await?;
+        Ok(result)
     }
 
-    /// `s3('<url of the partition's files>', [key, secret,] 'Parquet')`.
-    fn s3_call(&self, table: &str, partition: &PartitionEntry) -> String {
-        let (dir, names) = split_dir(
-            &partition
-                .files
-                .iter()
-                .map(|f| f.path.as_str())
-                .collect::<Vec<_>>(),
-        );
-        // Path segments are percent-encoded (table and column names may hold
-        // spaces, quotes or unicode); the `{a,b}` alternation stays literal.
-        let names: Vec<String> = names.iter().map(|n| encode_segment(n)).collect();
+    /// Rows per partition ID of the qualified table `table`, optionally only for the
+    /// partition IDs in `only` (a list of SQL string literals).
+    async fn counts_by_partition(
+        &self,
+        name: &str,
+        table: &str,
+        only: Option<&str>,
+    ) -> Result<std::collections::HashMap<String, u64>> {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct PartitionCount {
+            id: String,
+            rows: u64,
+        }
+        let filter = only
+            .map(|ids| format!(" WHERE _partition_id IN ({ids})"))
+            .unwrap_or_default();
+        let sql =
+            format!("SELECT _partition_id AS id, count() AS rows FROM {table}{filter} GROUP BY id");
+        let rows = retry(name, || {
+            self.client.query_raw(&sql).fetch_all::<PartitionCount>()
+        })
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.id, r.rows)).collect())
+    }
+
+    /// `s3('<url of the files>', [key, secret,] 'Parquet')` for files given relative
+    /// to the table folder: `table/dir/{a,b}` when they share a folder, otherwise
+    /// `table/{dir1/a,dir2/b}` (one listing of the table folder, matched by
+    /// ClickHouse's glob).
+    fn s3_call(&self, table: &str, files: &[&str]) -> String {
+        let (dir, names) = split_dir(files);
+        let names: Vec<String> = names
+            .iter()
+            .map(|n| {
+                n.split('/')
+                    .map(encode_segment)
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .collect();
         let names = if names.len() == 1 {
             names[0].clone()
         } else {
             format!("{{{}}}", names.join(","))
         };
-        let url = format!(
-            "{}/{}/{}/{}",
-            self.lake_url,
-            encode_segment(table),
-            encode_segment(dir),
-            names
-        );
+        let url = match dir {
+            Some(dir) => format!(
+                "{}/{}/{}/{}",
+                self.lake_url,
+                encode_segment(table),
+                encode_segment(dir),
+                names
+            ),
+            None => format!("{}/{}/{}", self.lake_url, encode_segment(table), names),
+        };
         match &self.credentials {
             Some((key, secret)) => format!(
                 "s3({}, {}, {}, 'Parquet')",
@@ -414,20 +501,73 @@ fn encode_segment(segment: &str) -> String {
     out
 }
 
-/// Splits file paths of one folder into the folder and the file names.
-fn split_dir<'a>(paths: &[&'a str]) -> (&'a str, Vec<&'a str>) {
-    let mut dir = "";
-    let names = paths
-        .iter()
-        .map(|p| match p.rsplit_once('/') {
-            Some((d, n)) => {
-                dir = d;
-                n
+/// Splits file paths into their common folder and the names under it, or `None`
+/// and the whole paths when they lie in different folders.
+fn split_dir<'a>(paths: &[&'a str]) -> (Option<&'a str>, Vec<&'a str>) {
+    let dir_of = |p: &'a str| p.rsplit_once('/').map(|(d, _)| d);
+    let common = paths.first().and_then(|p| dir_of(p));
+    if common.is_some() && paths.iter().all(|p| dir_of(p) == common) {
+        let names = paths
+            .iter()
+            .map(|p| p.rsplit_once('/').map_or(*p, |(_, n)| n))
+            .collect();
+        (common, names)
+    } else {
+        (None, paths.to_vec())
+    }
+}
+
+/// Bounds on one load statement, so that the `{a,b,…}` file list and the staged
+/// data stay small.
+const MAX_FILES_PER_LOAD: usize = 1_000;
+const MAX_BYTES_PER_LOAD: u64 = 4 << 30;
+
+/// Groups of consecutive days loaded by one statement.
+struct LoadBatch;
+
+impl LoadBatch {
+    /// Splits `days` into runs of at most `max_days` days, [`MAX_FILES_PER_LOAD`] files and [`MAX_BYTES_PER_LOAD`] bytes (a single day
+    /// over a bound is a batch of its own). Days whose folder holds glob
+    /// metacharacters (from a partition column name) are loaded alone, since their
+    /// folder cannot sit inside a `{…}` alternation.
+    fn split(
+        days: &[(String, PartitionEntry)],
+        max_days: usize,
+    ) -> Vec<&[(String, PartitionEntry)]> {
+        let mut batches = Vec::new();
+        let mut start = 0;
+        let (mut files, mut bytes) = (0usize, 0u64);
+        for (i, (_, partition)) in days.iter().enumerate() {
+            let (f, b) = (
+                partition.files.len(),
+                partition.files.iter().map(|f| f.bytes).sum::<u64>(),
+            );
+            let alone = partition.files.iter().any(|f| has_glob_chars(&f.path));
+            let full = i - start >= max_days
+                || files + f > MAX_FILES_PER_LOAD
+                || bytes + b > MAX_BYTES_PER_LOAD;
+            if i > start && (alone || full) {
+                batches.push(&days[start..i]);
+                start = i;
+                (files, bytes) = (0, 0);
             }
-            None => p,
-        })
-        .collect();
-    (dir, names)
+            files += f;
+            bytes += b;
+            if alone {
+                batches.push(&days[start..=i]);
+                start = i + 1;
+                (files, bytes) = (0, 0);
+            }
+        }
+        if start < days.len() {
+            batches.push(&days[start..]);
+        }
+        batches
+    }
+}
+
+fn has_glob_chars(path: &str) -> bool {
+    path.contains(['{', '}', ',', '*', '?'])
 }
 
 /// Snapshot-diff loads (src/capture/snapshot.rs): a table derived from another
@@ -512,5 +652,82 @@ impl Warehouse {
             ));
         }
         Ok(loaded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lake::manifest::FileEntry;
+
+    fn day(name: &str, files: &[(&str, u64)]) -> (String, PartitionEntry) {
+        let files: Vec<FileEntry> = files
+            .iter()
+            .map(|(path, bytes)| FileEntry {
+                path: path.to_string(),
+                rows: 1,
+                bytes: *bytes,
+            })
+            .collect();
+        let partition = PartitionEntry {
+            rows: files.len() as u64,
+            files,
+        };
+        (name.to_string(), partition)
+    }
+
+    fn lens(batches: &[&[(String, PartitionEntry)]]) -> Vec<usize> {
+        batches.iter().map(|b| b.len()).collect()
+    }
+
+    #[test]
+    fn batches_hold_at_most_the_partition_limit() {
+        let days: Vec<_> = (0..250)
+            .map(|i| day(&format!("d{i}"), &[(&format!("c=d{i}/p.parquet"), 10)]))
+            .collect();
+        assert_eq!(lens(&LoadBatch::split(&days, 100)), vec![100, 100, 50]);
+        assert!(LoadBatch::split(&[], 100).is_empty());
+    }
+
+    #[test]
+    fn batches_are_bounded_by_files_and_bytes() {
+        let many: Vec<String> = (0..600).map(|i| format!("c=a/p{i}.parquet")).collect();
+        let many: Vec<(&str, u64)> = many.iter().map(|p| (p.as_str(), 1)).collect();
+        let days = vec![
+            day("a", &many),
+            day("b", &many),
+            day("c", &[("c=c/p.parquet", 1)]),
+        ];
+        assert_eq!(lens(&LoadBatch::split(&days, 100)), vec![1, 2]);
+
+        let days = vec![
+            day("a", &[("c=a/p.parquet", 3 << 30)]),
+            day("b", &[("c=b/p.parquet", 3 << 30)]),
+            day("c", &[("c=c/p.parquet", 1)]),
+        ];
+        assert_eq!(lens(&LoadBatch::split(&days, 100)), vec![1, 2]);
+    }
+
+    #[test]
+    fn days_with_glob_characters_are_loaded_alone() {
+        let days = vec![
+            day("a", &[("c=a/p.parquet", 1)]),
+            day("b", &[("c{x,y}=b/p.parquet", 1)]),
+            day("c", &[("c=c/p.parquet", 1)]),
+            day("d", &[("c=d/p.parquet", 1)]),
+        ];
+        assert_eq!(lens(&LoadBatch::split(&days, 100)), vec![1, 1, 2]);
+    }
+
+    #[test]
+    fn files_of_one_folder_share_it_others_keep_their_paths() {
+        assert_eq!(
+            split_dir(&["c=a/p1.parquet", "c=a/p2.parquet"]),
+            (Some("c=a"), vec!["p1.parquet", "p2.parquet"])
+        );
+        assert_eq!(
+            split_dir(&["c=a/p1.parquet", "c=b/p2.parquet"]),
+            (None, vec!["c=a/p1.parquet", "c=b/p2.parquet"])
+        );
     }
 }
