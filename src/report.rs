@@ -45,6 +45,7 @@ pub struct StoredTable {
     pub watermark_after: Option<String>,
     pub lake_rows: u64,
     pub seconds: f64,
+    pub stages: crate::run::StageSeconds,
     pub warnings: Vec<String>,
 }
 
@@ -236,6 +237,11 @@ pub fn format_run(run: &StoredRun) -> String {
     }
     for t in &run.tables {
         out.push_str(&format!("\ntable {} ({:.2} s)\n", t.table, t.seconds));
+        let s = &t.stages;
+        out.push_str(&format!(
+            "  seconds: extract {:.2}, merge {:.2}, commit {:.2}, ClickHouse {:.2}\n",
+            s.extract, s.merge, s.commit, s.warehouse
+        ));
         out.push_str(&format!(
             "  rows: {} read, {} skipped at the watermark, {} written, {} replaced by key, {} loaded into ClickHouse; {} in the lake\n",
             t.rows_read, t.rows_skipped, t.rows_changed, t.rows_replaced, t.rows_loaded, t.lake_rows

@@ -70,7 +70,23 @@ pub struct TableReport {
     pub watermark_after: Option<String>,
     pub lake_rows: u64,
     pub seconds: f64,
+    /// Where those seconds went.
+    pub stages: StageSeconds,
     pub warnings: Vec<String>,
+}
+
+/// Wall-clock seconds of one table's run, per stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct StageSeconds {
+    /// Reading the source and writing new Parquet files (the two overlap).
+    pub extract: f64,
+    /// Rewriting days that already had files with their changed rows.
+    pub merge: f64,
+    /// Manifest commits and deleting replaced files.
+    pub commit: f64,
+    /// ClickHouse: table DDL and partition loads.
+    pub warehouse: f64,
 }
 
 /// What a whole run did.
@@ -261,6 +277,7 @@ impl TableRun<'_> {
             manifest.watermark.as_ref(),
         );
         info!(from = ?report.watermark_before, "Extract started.");
+        let stage = Instant::now();
         let mut stream = crate::source::sql::read(name, &source.url, sql, t.batch_rows).await?;
         if let Some(typed) = &typed {
             stream = typed.apply(name, stream)?;
@@ -376,6 +393,8 @@ impl TableRun<'_> {
             rows_skipped = report.rows_skipped,
             "Extract finished."
         );
+        report.stages.extract = stage.elapsed().as_secs_f64();
+        let stage = Instant::now();
 
         // Merge staged days into their committed files, then build the next manifest.
         let mut next = manifest.clone();
@@ -428,6 +447,7 @@ impl TableRun<'_> {
             touched.insert(day_name);
         }
         report.partitions_written = touched.iter().cloned().collect();
+        report.stages.merge = stage.elapsed().as_secs_f64();
 
         let schema_moves = !matches!(change, SchemaChange::Same) || manifest.schema.is_empty();
         let watermark_moves =
@@ -456,6 +476,7 @@ impl TableRun<'_> {
             next.watermark = new_watermark;
             next.boundary_keys = new_boundary.clone();
         }
+        let stage = Instant::now();
         fault::point("lake.before_commit");
         self.commit(&mut next).await?;
         fault::point("lake.after_commit");
@@ -463,6 +484,7 @@ impl TableRun<'_> {
             .delete_files(name, replaced_files.iter().map(String::as_str))
             .await?;
         fault::point("lake.after_delete");
+        report.stages.commit = stage.elapsed().as_secs_f64();
         info!(
             partitions = touched.len(),
             version = next.version,
@@ -471,6 +493,7 @@ impl TableRun<'_> {
 
         // Load the pending days, then commit 2: the watermark moves.
         if let Some(warehouse) = self.warehouse {
+            let stage = Instant::now();
             if next.warehouse_rebuild {
                 warehouse.drop_table(name).await?;
                 // Every day of the rebuilt lake goes in again.
@@ -506,6 +529,8 @@ impl TableRun<'_> {
                 rows = report.rows_loaded,
                 "Loaded into ClickHouse."
             );
+            report.stages.warehouse = stage.elapsed().as_secs_f64();
+            let stage = Instant::now();
             fault::point("run.before_final_commit");
             next.pending_warehouse.clear();
             next.warehouse_rebuild = false;
@@ -513,6 +538,7 @@ impl TableRun<'_> {
             next.boundary_keys = new_boundary;
             self.commit(&mut next).await?;
             fault::point("run.after_final_commit");
+            report.stages.commit += stage.elapsed().as_secs_f64();
         }
         report.watermark_after = next.watermark.map(|w: CursorValue| w.to_string());
         report.lake_rows = next.rows();

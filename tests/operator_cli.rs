@@ -160,6 +160,11 @@ async fn runs_state_dry_run_reset_and_full_refresh() {
         serde_json::from_str(&ok(&["runs", "show", "--config", cfg, "--json", &oldest])).unwrap();
     assert_eq!(json["run_id"], oldest.as_str());
     assert_eq!(json["tables"][0]["rows_changed"], 48);
+    // Seconds per stage: the extract wrote files (a local lake: no ClickHouse stage).
+    let stages = &json["tables"][0]["stages"];
+    assert!(stages["extract"].as_f64().unwrap() > 0.0, "{json}");
+    assert_eq!(stages["warehouse"].as_f64(), Some(0.0), "{json}");
+    assert!(shown.contains("seconds: extract "), "{shown}");
     let (exit, out) = code(&["runs", "show", "--config", cfg, "no-such-run"]);
     assert_eq!(exit, 2, "{out}");
 
