@@ -285,6 +285,7 @@ impl SnapshotRun<'_> {
             &data_columns,
             &[Field::new(SNAPSHOT_DATE, DataType::Date32, false)],
         );
+        let stage = Instant::now();
         let mut roller = self.roller(&name, SNAPSHOT_DATE, &schema, 0);
         let mut batches = stream.batches;
         while let Some(batch) = batches.next().await {
@@ -334,11 +335,14 @@ impl SnapshotRun<'_> {
         if self.warehouse.is_some() {
             next.pending_warehouse.insert(day_name.clone());
         }
+        report.stages.extract = stage.elapsed().as_secs_f64();
+        let stage = Instant::now();
         self.commit(&mut next).await?;
         self.lake
             .delete_files(&name, replaced.iter().map(String::as_str))
             .await?;
         report.partitions_written = vec![day_name];
+        report.stages.commit = stage.elapsed().as_secs_f64();
         info!(
             rows = report.rows_read,
             version = next.version,
@@ -346,6 +350,7 @@ impl SnapshotRun<'_> {
         );
 
         if let Some(warehouse) = self.warehouse {
+            let stage = Instant::now();
             let t = self.warehouse_table(&name, SNAPSHOT_DATE, self.table.retention_days);
             warehouse.ensure_table(&t, &schema).await?;
             let columns = column_names(&schema);
@@ -356,6 +361,7 @@ impl SnapshotRun<'_> {
                     .await?;
                 report.partitions_loaded.push(day);
             }
+            report.stages.warehouse = stage.elapsed().as_secs_f64();
             next.pending_warehouse.clear();
             self.commit(&mut next).await?;
         }
@@ -369,6 +375,7 @@ impl SnapshotRun<'_> {
         stream: crate::source::BatchStream,
         report: &mut TableReport,
     ) -> Result<()> {
+        let stage = Instant::now();
         let name = self.name().to_string();
         let state_name = format!("{name}{CURRENT_SUFFIX}");
         let changes = self.manifest(&name, CHANGE_DATE).await?;
@@ -467,6 +474,8 @@ impl SnapshotRun<'_> {
             "Snapshot diff computed."
         );
 
+        report.stages.extract = stage.elapsed().as_secs_f64();
+        let stage = Instant::now();
         // Commit 1: the state (today's snapshot, the base kept, older ones dropped).
         let mut next_state = state.clone();
         let keep_base = base.as_ref().map(|(d, _)| d.clone());
@@ -513,9 +522,11 @@ impl SnapshotRun<'_> {
             .delete_files(&name, replaced.iter().map(String::as_str))
             .await?;
         report.partitions_written = vec![day_name];
+        report.stages.commit = stage.elapsed().as_secs_f64();
         info!(version = next.version, "Lake committed.");
 
         if let Some(warehouse) = self.warehouse {
+            let stage = Instant::now();
             let log = self.warehouse_table(&name, CHANGE_DATE, self.table.retention_days);
             warehouse.ensure_table(&log, &change_schema).await?;
             // No TTL: a key unchanged for longer than the retention is still current.
@@ -540,6 +551,7 @@ impl SnapshotRun<'_> {
                 report.rows_loaded += rows;
                 report.partitions_loaded.push(day);
             }
+            report.stages.warehouse = stage.elapsed().as_secs_f64();
             next.pending_warehouse.clear();
             self.commit(&mut next).await?;
         }
