@@ -15,6 +15,7 @@ pub mod demo_data;
 pub mod error;
 pub mod fault;
 pub mod lake;
+pub mod progress;
 pub mod query;
 pub mod report;
 pub mod run;

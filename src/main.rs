@@ -15,7 +15,8 @@ use sluice::{Config, Error, RunOptions};
     about = "Nightly lakehouse ETL: databases → Parquet lake → ClickHouse"
 )]
 struct Cli {
-    /// Only warnings and errors on stderr.
+    /// Only warnings and errors on stderr, and no progress bars (shown otherwise
+    /// when stderr is a terminal and logs are text).
     #[arg(long, short, global = true)]
     quiet: bool,
     /// Log lines on stderr as text, or as one JSON object per line (log shippers).
@@ -492,9 +493,15 @@ fn init_logging(quiet: bool, format: LogFormat) {
     let default = if quiet { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("sluice={default},warn")));
+    // Progress bars only for a person at a terminal: not with --quiet, not with JSON
+    // logs, not when stderr is a pipe or a file. Log lines then go through the bars.
+    let bars = match format {
+        LogFormat::Text if !quiet => sluice::progress::enable(),
+        _ => None,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(sluice::progress::LogWriter::new(bars))
         .with_target(false);
     match format {
         LogFormat::Text => builder

@@ -35,6 +35,7 @@ use crate::lake::manifest::{FileEntry, Manifest, PartitionEntry};
 use crate::lake::schema::{self, SchemaChange};
 use crate::lake::writer::{day_string, parse_day, split_by_day, FileRoller};
 use crate::lake::Lake;
+use crate::progress::{Stage, TableProgress};
 use crate::source::sql::Dialect;
 use crate::warehouse::Warehouse;
 
@@ -140,6 +141,7 @@ pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result
             continue;
         }
         let span = info_span!("table", table = %table.name);
+        let progress = crate::progress::table(&table.name);
         let ctx = TableRun {
             config,
             table,
@@ -147,12 +149,14 @@ pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result
             warehouse: warehouse.as_ref(),
             run_id: &run_id,
             allow_schema_change: options.allow_schema_change,
+            progress: &progress,
         };
         let outcome = async {
             let lock = TableLock::acquire(&lake, &table.name, &run_id).await?;
             let outcome = match table.mode {
                 crate::config::CaptureMode::Watermark => ctx.run().await,
                 _ => {
+                    progress.stage(Stage::Snapshot, None);
                     crate::capture::snapshot::run_table(
                         config,
                         table,
@@ -172,7 +176,10 @@ pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result
         .instrument(span)
         .await;
         match outcome {
-            Ok(table_report) => report.tables.push(table_report),
+            Ok(table_report) => {
+                progress.finish();
+                report.tables.push(table_report)
+            }
             Err(e) => {
                 report.error = Some(e.to_string());
                 failure = Some(e);
@@ -217,6 +224,7 @@ struct TableRun<'a> {
     warehouse: Option<&'a Warehouse>,
     run_id: &'a str,
     allow_schema_change: bool,
+    progress: &'a TableProgress,
 }
 
 /// Files written for one day during the extract.
@@ -278,6 +286,7 @@ impl TableRun<'_> {
         );
         info!(from = ?report.watermark_before, "Extract started.");
         let stage = Instant::now();
+        self.progress.stage(Stage::Extract, None);
         let mut stream = crate::source::sql::read(name, &source.url, sql, t.batch_rows).await?;
         if let Some(typed) = &typed {
             stream = typed.apply(name, stream)?;
@@ -348,6 +357,7 @@ impl TableRun<'_> {
         while let Some(batch) = batches.next().await {
             let batch = batch?;
             report.rows_read += batch.num_rows() as u64;
+            self.progress.rows_read(batch.num_rows() as u64);
             let batch = tracker
                 .observe(batch)
                 .map_err(|e| Error::capture(name, e))?;
@@ -399,6 +409,13 @@ impl TableRun<'_> {
         // Merge staged days into their committed files, then build the next manifest.
         let mut next = manifest.clone();
         let mut touched: BTreeSet<String> = BTreeSet::new();
+        let staged_days = outputs
+            .values()
+            .filter(|o| matches!(o, DayOutput::Staged(_)))
+            .count();
+        if staged_days > 0 {
+            self.progress.stage(Stage::Merge, Some(staged_days as u64));
+        }
         for (day, output) in outputs {
             let day_name = day_string(day);
             let files = match output {
@@ -436,6 +453,9 @@ impl TableRun<'_> {
                     for (path, _) in &staged_paths {
                         self.lake.store().delete(path).await?;
                     }
+                    self.progress
+                        .bytes_written(merged.files.iter().map(|f| f.bytes).sum());
+                    self.progress.day_merged();
                     merged.files
                 }
             };
@@ -507,6 +527,8 @@ impl TableRun<'_> {
                 today - days as i32
             });
             let mut days = Vec::with_capacity(next.pending_warehouse.len());
+            self.progress
+                .stage(Stage::Load, Some(next.pending_warehouse.len() as u64));
             for day in &next.pending_warehouse {
                 if let (Some(oldest), Some(d)) = (oldest_kept, parse_day(day)) {
                     if d < oldest {
@@ -519,7 +541,12 @@ impl TableRun<'_> {
                 let partition = next.partitions.get(day).cloned().unwrap_or_default();
                 days.push((day.clone(), partition));
             }
-            for (day, rows) in warehouse.load_partitions(t, &columns, &days).await? {
+            let loaded = warehouse
+                .load_partitions_with(t, &columns, &days, |day| {
+                    self.progress.partition_loaded(day)
+                })
+                .await?;
+            for (day, rows) in loaded {
                 debug!(partition = %day, rows, "Partition loaded.");
                 report.partitions_loaded.push(day);
                 report.rows_loaded += rows;
@@ -634,6 +661,8 @@ impl TableRun<'_> {
         manifest: &Manifest,
     ) -> Result<()> {
         let files = roller.finish().await?;
+        self.progress
+            .bytes_written(files.iter().map(|f| f.bytes).sum());
         let staged = manifest.partitions.contains_key(&day_string(day));
         match outputs.entry(day).or_insert_with(|| {
             if staged {

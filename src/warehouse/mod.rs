@@ -230,9 +230,24 @@ impl Warehouse {
         columns: &[String],
         days: &[(String, PartitionEntry)],
     ) -> Result<Vec<(String, u64)>> {
+        self.load_partitions_with(config, columns, days, |_| {})
+            .await
+    }
+
+    /// [`Self::load_partitions`], calling `on_loaded` with each day as soon as its
+    /// statement is done (the progress of `sluice run`).
+    pub async fn load_partitions_with(
+        &self,
+        config: &TableConfig,
+        columns: &[String],
+        days: &[(String, PartitionEntry)],
+        mut on_loaded: impl FnMut(&str),
+    ) -> Result<Vec<(String, u64)>> {
         let mut loaded = Vec::with_capacity(days.len());
         for batch in LoadBatch::split(days, self.days_per_load) {
-            loaded.extend(self.load_batch(config, columns, batch).await?);
+            let done = self.load_batch(config, columns, batch).await?;
+            done.iter().for_each(|(day, _)| on_loaded(day));
+            loaded.extend(done);
         }
         Ok(loaded)
     }
