@@ -45,9 +45,23 @@ enum Command {
         #[arg(long, requires = "tables", conflicts_with = "dry_run")]
         full_refresh: bool,
         /// Print, per table, the query that would run, its watermark range and the
-        /// committed partitions; write, lock and load nothing.
+        /// committed partitions; write, lock and load nothing. With --since, also
+        /// read the range's rows and list the days a backfill would replace.
         #[arg(long)]
         dry_run: bool,
+        /// Backfill: read again the `--table` rows whose cursor falls on the days
+        /// from --since to --until (UTC, both included) and merge them into their
+        /// partitions and ClickHouse; the watermark does not move.
+        #[arg(
+            long,
+            value_name = "YYYY-MM-DD",
+            requires_all = ["until", "tables"],
+            conflicts_with_all = ["full_refresh", "allow_schema_change"]
+        )]
+        since: Option<chrono::NaiveDate>,
+        /// Last day of the backfill (included).
+        #[arg(long, value_name = "YYYY-MM-DD", requires = "since")]
+        until: Option<chrono::NaiveDate>,
     },
     /// List recent runs from the lake's run reports, newest first, or show one.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -259,12 +273,21 @@ async fn dispatch(command: Command) -> Result<(), Error> {
             allow_schema_change,
             full_refresh,
             dry_run,
+            since,
+            until,
         } => {
+            let backfill = match (since, until) {
+                (Some(since), Some(until)) => {
+                    Some(sluice::capture::backfill::Backfill::new(since, until)?)
+                }
+                _ => None,
+            };
             let (config, base) = Config::load(&config)?;
             if dry_run {
                 let lake = sluice::lake::Lake::open(&config.lake, &base)?;
                 let (text, failure) =
-                    sluice::state::dry_run(&config, &base, &lake, &tables).await?;
+                    sluice::state::dry_run(&config, &base, &lake, &tables, backfill.as_ref())
+                        .await?;
                 print!("{}", redact(&text));
                 return failure.map_or(Ok(()), Err);
             }
@@ -279,6 +302,7 @@ async fn dispatch(command: Command) -> Result<(), Error> {
             let options = RunOptions {
                 tables,
                 allow_schema_change,
+                backfill,
             };
             let report = sluice::run(&config, &base, &options).await?;
             print!("{}", redact(&summary(&report)));
@@ -410,6 +434,12 @@ async fn dispatch(command: Command) -> Result<(), Error> {
 
 fn summary(report: &sluice::RunReport) -> String {
     let mut out = format!("run {}\n", report.run_id);
+    if let Some(b) = &report.backfill {
+        out.push_str(&format!(
+            "backfill of the cursor's days {} … {}: watermarks kept\n",
+            b.since, b.until
+        ));
+    }
     out.push_str(&format!(
         "{:<24} {:>10} {:>10} {:>10} {:>8} {:>10} {:>8}  watermark\n",
         "table", "read", "changed", "skipped", "parts", "loaded", "seconds"

@@ -9,6 +9,7 @@ use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use serde::Deserialize;
 
+use crate::capture::backfill::BackfillRange;
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 
@@ -22,6 +23,8 @@ pub struct StoredRun {
     pub run_id: String,
     pub started_at: String,
     pub finished_at: String,
+    /// Set when the run was a backfill (`--since/--until`) of these cursor days.
+    pub backfill: Option<BackfillRange>,
     pub tables: Vec<StoredTable>,
     pub models: Vec<StoredModel>,
     pub error: Option<String>,
@@ -77,6 +80,14 @@ impl StoredRun {
         let start = chrono::DateTime::parse_from_rfc3339(&self.started_at).ok()?;
         let end = chrono::DateTime::parse_from_rfc3339(&self.finished_at).ok()?;
         Some((end - start).num_milliseconds() as f64 / 1000.0)
+    }
+
+    /// `run`, or `backfill SINCE…UNTIL`.
+    pub fn kind(&self) -> String {
+        match &self.backfill {
+            Some(b) => format!("backfill {}…{}", b.since, b.until),
+            None => "run".into(),
+        }
     }
 
     /// Rows written to the lake by the tables of this run.
@@ -171,18 +182,23 @@ pub fn format_list(runs: &[StoredRun]) -> String {
         "{:<28} {:<20} {:>9} {:>6} {:>10}  status\n",
         "run", "started (UTC)", "seconds", "tables", "rows"
     );
+    // A backfill is marked after its status.
     for run in runs {
         let started = chrono::DateTime::parse_from_rfc3339(&run.started_at)
             .map(|t| t.to_utc().format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_else(|_| run.started_at.clone());
         out.push_str(&format!(
-            "{:<28} {:<20} {:>9} {:>6} {:>10}  {}\n",
+            "{:<28} {:<20} {:>9} {:>6} {:>10}  {}{}\n",
             run.run_id,
             started,
             seconds_text(run.seconds()),
             run.tables.len(),
             run.rows_changed(),
-            run.status()
+            run.status(),
+            match run.backfill {
+                Some(_) => format!("  {}", run.kind()),
+                None => String::new(),
+            }
         ));
     }
     if runs.is_empty() {
@@ -232,6 +248,12 @@ pub fn format_run(run: &StoredRun) -> String {
         },
         seconds_text(run.seconds())
     ));
+    if let Some(b) = &run.backfill {
+        out.push_str(&format!(
+            "  backfill of the cursor's days {} … {} (UTC); watermarks kept\n",
+            b.since, b.until
+        ));
+    }
     if let Some(error) = &run.error {
         out.push_str(&format!("  error: {error}\n"));
     }
@@ -243,7 +265,7 @@ pub fn format_run(run: &StoredRun) -> String {
             s.extract, s.merge, s.commit, s.warehouse
         ));
         out.push_str(&format!(
-            "  rows: {} read, {} skipped at the watermark, {} written, {} replaced by key, {} loaded into ClickHouse; {} in the lake\n",
+            "  rows: {} read, {} skipped as already loaded, {} written, {} replaced by key, {} loaded into ClickHouse; {} in the lake\n",
             t.rows_read, t.rows_skipped, t.rows_changed, t.rows_replaced, t.rows_loaded, t.lake_rows
         ));
         out.push_str(&format!(

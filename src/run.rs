@@ -14,6 +14,10 @@
 //! A crash before 2 leaves orphan files that the next run deletes; a crash after 2
 //! makes the next run re-read from the old watermark, which merges by key (no
 //! duplicates) and loads the pending days again (replace, not append).
+//!
+//! A backfill (`RunOptions::backfill`, see [`crate::capture::backfill`]) is the same
+//! run over a range of the cursor, whose commits keep the watermark and boundary
+//! keys as they were.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path as FsPath;
@@ -25,6 +29,7 @@ use object_store::ObjectStoreExt;
 use serde::Serialize;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::capture::backfill::{backfill_query, Backfill, BackfillRange};
 use crate::capture::merge::{conform, merge_partition};
 use crate::capture::watermark::{extract_query, CursorColumn, CursorValue, WatermarkTracker};
 use crate::config::{Config, TableConfig};
@@ -47,6 +52,9 @@ pub struct RunOptions {
     /// Rebuild a table from a full reload when its source schema changed in a way
     /// the lake cannot follow (a dropped column, a narrower or different type).
     pub allow_schema_change: bool,
+    /// Read again the rows whose cursor falls on these days and merge them, without
+    /// moving the watermark (watermark tables only).
+    pub backfill: Option<Backfill>,
 }
 
 /// What one table's run did.
@@ -55,7 +63,8 @@ pub struct TableReport {
     pub table: String,
     /// Rows the source returned.
     pub rows_read: u64,
-    /// Rows read again at the old watermark and dropped as already loaded.
+    /// Rows read again and dropped as already loaded: at the old watermark, or in
+    /// a backfill, rows already in the lake exactly as read.
     pub rows_skipped: u64,
     /// Rows written to the lake (inserts and updates).
     pub rows_changed: u64,
@@ -96,6 +105,8 @@ pub struct RunReport {
     pub run_id: String,
     pub started_at: String,
     pub finished_at: String,
+    /// Set when the run was a backfill of these days of the cursor.
+    pub backfill: Option<BackfillRange>,
     pub tables: Vec<TableReport>,
     /// The SQL models run after the tables (see `src/transform/`).
     pub models: Vec<crate::transform::ModelReport>,
@@ -112,6 +123,14 @@ pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result
             reason: "is not a table of this config".into(),
         }));
     }
+    if options.backfill.is_some() {
+        if options.allow_schema_change {
+            return Err(Error::Config(crate::error::ConfigError::Argument(
+                "--allow-schema-change rebuilds a table from a full reload; it cannot be part of a backfill (--since/--until)".into(),
+            )));
+        }
+        crate::capture::backfill::check_tables(config, &options.tables)?;
+    }
     for source in config.sources.values() {
         register_url_secret(&source.url);
     }
@@ -126,11 +145,17 @@ pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result
         started.format("%Y%m%dT%H%M%S%3fZ"),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    info!(run_id = %run_id, "Run started.");
+    match &options.backfill {
+        Some(b) => {
+            info!(run_id = %run_id, since = %b.since, until = %b.until, "Backfill run started.")
+        }
+        None => info!(run_id = %run_id, "Run started."),
+    }
     let mut report = RunReport {
         run_id: run_id.clone(),
         started_at: started.to_rfc3339(),
         finished_at: String::new(),
+        backfill: options.backfill.map(|b| b.range()),
         tables: Vec::new(),
         models: Vec::new(),
         error: None,
@@ -149,6 +174,7 @@ pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result
             warehouse: warehouse.as_ref(),
             run_id: &run_id,
             allow_schema_change: options.allow_schema_change,
+            backfill: options.backfill.as_ref(),
             progress: &progress,
         };
         let outcome = async {
@@ -224,6 +250,7 @@ struct TableRun<'a> {
     warehouse: Option<&'a Warehouse>,
     run_id: &'a str,
     allow_schema_change: bool,
+    backfill: Option<&'a Backfill>,
     progress: &'a TableProgress,
 }
 
@@ -260,6 +287,11 @@ impl TableRun<'_> {
             None => Manifest::new(name, &t.partition_by, &t.key),
         };
         report.watermark_before = manifest.watermark.map(|w| w.to_string());
+        // A backfill reads a range of the cursor in the watermark's type.
+        let backfill = match self.backfill {
+            Some(b) => Some(b.cursor_range(name, &t.cursor, manifest.watermark.as_ref())?),
+            None => None,
+        };
         self.remove_orphans(&manifest).await?;
 
         let source = &self.config.sources[&t.source];
@@ -277,14 +309,20 @@ impl TableRun<'_> {
             (None, Some(query)) => query.trim().trim_end_matches(';').to_string(),
             (None, None) => unreachable!("validated: one of source_table and query"),
         };
-        let sql = extract_query(
-            dialect,
-            &base,
-            &t.cursor,
-            &t.partition_by,
-            manifest.watermark.as_ref(),
-        );
-        info!(from = ?report.watermark_before, "Extract started.");
+        let sql = match &backfill {
+            Some(range) => backfill_query(dialect, &base, &t.cursor, &t.partition_by, range),
+            None => extract_query(
+                dialect,
+                &base,
+                &t.cursor,
+                &t.partition_by,
+                manifest.watermark.as_ref(),
+            ),
+        };
+        match &backfill {
+            Some(range) => info!(from = %range.from, to = %range.to, "Backfill extract started."),
+            None => info!(from = ?report.watermark_before, "Extract started."),
+        }
         let stage = Instant::now();
         self.progress.stage(Stage::Extract, None);
         let mut stream = crate::source::sql::read(name, &source.url, sql, t.batch_rows).await?;
@@ -304,6 +342,15 @@ impl TableRun<'_> {
                 let text = describe_evolution(added, widened);
                 info!(change = %text, "Source schema evolved.");
                 report.warnings.push(format!("schema evolved: {text}"));
+            }
+            SchemaChange::Incompatible(reasons) if backfill.is_some() => {
+                return Err(Error::capture(
+                    name,
+                    format!(
+                        "the source's schema changed in a way the lake cannot follow ({}); a backfill does not rebuild a table: run `sluice run --table {name} --allow-schema-change` first",
+                        reasons.join("; ")
+                    ),
+                ));
             }
             SchemaChange::Incompatible(reasons) if !self.allow_schema_change => {
                 return Err(Error::capture(
@@ -342,12 +389,16 @@ impl TableRun<'_> {
                 }
             }
         }
-        let mut tracker = WatermarkTracker::new(
-            cursor,
-            key_columns.clone(),
-            manifest.watermark,
-            &manifest.boundary_keys,
-        );
+        // A backfill skips nothing at the watermark: every row of its range is merged.
+        let mut tracker = match backfill {
+            Some(_) => WatermarkTracker::new(cursor, key_columns.clone(), None, &[]),
+            None => WatermarkTracker::new(
+                cursor,
+                key_columns.clone(),
+                manifest.watermark,
+                &manifest.boundary_keys,
+            ),
+        };
 
         // Extract: one open writer at a time, since rows arrive ordered by day.
         let mut outputs: BTreeMap<i32, DayOutput> = BTreeMap::new();
@@ -389,7 +440,11 @@ impl TableRun<'_> {
                 tracker.null_cursor_rows, t.cursor
             ));
         }
-        let (new_watermark, new_boundary) = tracker.finish();
+        let (new_watermark, new_boundary) = match backfill {
+            // The backfill's own commit path: the capture position stays.
+            Some(_) => (manifest.watermark, manifest.boundary_keys.clone()),
+            None => tracker.finish(),
+        };
         if let (Some(old), Some(new)) = (manifest.watermark, new_watermark) {
             if new < old {
                 report
@@ -446,13 +501,21 @@ impl TableRun<'_> {
                         &old_paths,
                         &staged_paths,
                         roller,
+                        backfill.is_some(),
                     )
                     .await?;
-                    report.rows_replaced += merged.replaced_rows;
-                    replaced_files.extend(old.files.iter().map(|f| f.path.clone()));
                     for (path, _) in &staged_paths {
                         self.lake.store().delete(path).await?;
                     }
+                    // Rows a backfill read exactly as the lake has them.
+                    report.rows_changed -= merged.identical_rows;
+                    report.rows_skipped += merged.identical_rows;
+                    if merged.unchanged {
+                        self.progress.day_merged();
+                        continue;
+                    }
+                    report.rows_replaced += merged.replaced_rows - merged.identical_rows;
+                    replaced_files.extend(old.files.iter().map(|f| f.path.clone()));
                     self.progress
                         .bytes_written(merged.files.iter().map(|f| f.bytes).sum());
                     self.progress.day_merged();

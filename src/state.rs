@@ -9,6 +9,7 @@ use std::path::Path as FsPath;
 
 use object_store::ObjectStoreExt;
 
+use crate::capture::backfill::{backfill_query, check_tables, Backfill};
 use crate::capture::snapshot::{CURRENT_SUFFIX, SNAPSHOT_DATE_ENV};
 use crate::capture::watermark::extract_query;
 use crate::config::{CaptureMode, Config, TableConfig};
@@ -283,6 +284,9 @@ async fn reset_locked(config: &Config, lake: &Lake, t: &TableConfig) -> Result<R
 /// source's catalog (to print the exact typed query); writes nothing, takes no
 /// lock, does not contact ClickHouse.
 ///
+/// With a `backfill`, the plan is the backfill's: its query over the cursor range,
+/// and the days its rows fall on, which it reads from the source to count them.
+///
 /// A table whose catalog cannot be read is reported in the text and its error
 /// returned after the other tables, as the second element.
 pub async fn dry_run(
@@ -290,16 +294,21 @@ pub async fn dry_run(
     base: &FsPath,
     lake: &Lake,
     tables: &[String],
+    backfill: Option<&Backfill>,
 ) -> Result<(String, Option<Error>)> {
     if let Some(unknown) = tables.iter().find(|t| config.table(t).is_none()) {
         table_config(config, unknown)?;
     }
+    if backfill.is_some() {
+        check_tables(config, tables)?;
+    }
     for source in config.sources.values() {
         register_url_secret(&source.url);
     }
-    let mut out = String::from(
-        "dry run: reads manifests and source catalogs only; nothing is written, locked or loaded\n",
-    );
+    let mut out = String::from(match backfill {
+        None => "dry run: reads manifests and source catalogs only; nothing is written, locked or loaded\n",
+        Some(_) => "dry run of a backfill: reads manifests, source catalogs and the range's rows; nothing is written, locked or loaded\n",
+    });
     let mut failure = None;
     for t in &config.tables {
         if !tables.is_empty() && !tables.contains(&t.name) {
@@ -315,12 +324,17 @@ pub async fn dry_run(
         let manifest = lake.read_manifest(&t.name).await?;
         match t.mode {
             CaptureMode::Watermark => {
+                let mut typed = None;
                 let base_sql = match (&t.source_table, &t.query) {
                     (Some(st), _) => {
                         match crate::source::types::plan(&t.name, source.kind, &source.url, st)
                             .await
                         {
-                            Ok(typed) => Some(typed.sql),
+                            Ok(plan) => {
+                                let sql = plan.sql.clone();
+                                typed = Some(plan);
+                                Some(sql)
+                            }
                             Err(e) => {
                                 out.push_str(&format!("  cannot plan the query: {e}\n"));
                                 failure.get_or_insert(e);
@@ -332,7 +346,22 @@ pub async fn dry_run(
                     (None, None) => None,
                 };
                 let watermark = manifest.as_ref().and_then(|m| m.watermark);
-                if let Some(base_sql) = base_sql {
+                if let Some(b) = backfill {
+                    let plan = backfill_plan(
+                        t,
+                        source,
+                        b,
+                        base_sql.as_deref(),
+                        typed.as_ref(),
+                        manifest.as_ref(),
+                        &mut out,
+                    )
+                    .await;
+                    if let Err(e) = plan {
+                        out.push_str(&format!("  cannot backfill: {e}\n"));
+                        failure.get_or_insert(e);
+                    }
+                } else if let Some(base_sql) = base_sql {
                     let sql = extract_query(
                         Dialect::from(source.kind),
                         &base_sql,
@@ -343,6 +372,7 @@ pub async fn dry_run(
                     out.push_str(&format!("  query: {sql}\n"));
                 }
                 match &watermark {
+                    _ if backfill.is_some() => {}
                     Some(w) => out.push_str(&format!(
                         "  watermark range: {} >= {w} (rows loaded at exactly {w} are skipped) up to the largest value read\n",
                         t.cursor
@@ -352,10 +382,12 @@ pub async fn dry_run(
                         t.cursor
                     )),
                 }
-                out.push_str(&format!(
-                    "  partitions replaced: the {} days of the rows read (a day with files is merged by key and rewritten)\n",
-                    t.partition_by
-                ));
+                if backfill.is_none() {
+                    out.push_str(&format!(
+                        "  partitions replaced: the {} days of the rows read (a day with files is merged by key and rewritten)\n",
+                        t.partition_by
+                    ));
+                }
             }
             CaptureMode::Snapshot | CaptureMode::SnapshotDiff => {
                 let day = std::env::var(SNAPSHOT_DATE_ENV)
@@ -384,4 +416,83 @@ pub async fn dry_run(
         ));
     }
     Ok((out, failure))
+}
+
+/// The backfill part of a dry run for one watermark table: the query, the
+/// watermark that stays, and the partition days of the range's rows, read from
+/// the source (streamed and counted, nothing kept).
+async fn backfill_plan(
+    t: &TableConfig,
+    source: &crate::config::SourceConfig,
+    backfill: &Backfill,
+    base_sql: Option<&str>,
+    typed: Option<&crate::source::types::TypedSelect>,
+    manifest: Option<&Manifest>,
+    out: &mut String,
+) -> Result<()> {
+    use futures::StreamExt;
+
+    let watermark = manifest.and_then(|m| m.watermark);
+    let range = backfill.cursor_range(&t.name, &t.cursor, watermark.as_ref())?;
+    let Some(base_sql) = base_sql else {
+        return Ok(());
+    };
+    let sql = backfill_query(
+        Dialect::from(source.kind),
+        base_sql,
+        &t.cursor,
+        &t.partition_by,
+        &range,
+    );
+    out.push_str(&format!("  query: {sql}\n"));
+    out.push_str(&format!(
+        "  backfill: {} from {} up to, not including, {} (the days {backfill}, UTC); the watermark stays at {}\n",
+        t.cursor,
+        range.from,
+        range.to,
+        watermark.map(|w| w.to_string()).unwrap_or_default()
+    ));
+    let mut stream = crate::source::sql::read(&t.name, &source.url, sql, t.batch_rows).await?;
+    if let Some(typed) = typed {
+        stream = typed.apply(&t.name, stream)?;
+    }
+    let column = stream.schema.index_of(&t.partition_by).map_err(|_| {
+        Error::capture(
+            &t.name,
+            format!(
+                "partition_by column {:?} is not in the source's columns",
+                t.partition_by
+            ),
+        )
+    })?;
+    let mut days: std::collections::BTreeMap<i32, u64> = Default::default();
+    while let Some(batch) = stream.batches.next().await {
+        let batch = batch?;
+        for slice in crate::lake::writer::split_by_day(&batch, column, &t.partition_by)
+            .map_err(|e| Error::capture(&t.name, e))?
+        {
+            *days.entry(slice.day).or_default() += slice.batch.num_rows() as u64;
+        }
+    }
+    let rows: u64 = days.values().sum();
+    out.push_str(&format!(
+        "  partitions replaced: {} row(s) read on {} day(s) of {}; a day is rewritten only where a row differs from the lake's\n",
+        rows,
+        days.len(),
+        t.partition_by
+    ));
+    for (day, rows) in days {
+        let day = crate::lake::writer::day_string(day);
+        let lake_rows = manifest
+            .and_then(|m| m.partitions.get(&day))
+            .map(|p| p.rows);
+        out.push_str(&format!(
+            "    {day}: {rows} row(s) read, {}\n",
+            match lake_rows {
+                Some(n) => format!("merged by key into the day's {n} row(s)"),
+                None => "a new day in the lake".into(),
+            }
+        ));
+    }
+    Ok(())
 }
