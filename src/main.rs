@@ -133,7 +133,8 @@ enum Command {
         #[command(subcommand)]
         command: Option<DemoCommand>,
     },
-    /// Show the committed state of every table: watermark, partitions, rows.
+    /// Show the committed state of every table (watermark, partitions, rows), or
+    /// start one over.
     State {
         #[command(subcommand)]
         command: StateCommand,

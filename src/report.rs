@@ -374,7 +374,10 @@ pub fn html(runs: &[StoredRun]) -> String {
             seconds_text(run.seconds()),
             run.tables.len(),
             run.rows_changed(),
-            run.status()
+            match run.backfill {
+                Some(_) => format!("{} ({})", run.status(), escape(&run.kind())),
+                None => run.status().to_string(),
+            }
         ));
     }
     body.push_str("</tbody></table>\n");
@@ -463,6 +466,19 @@ mod tests {
         assert!(!page.contains("<b>"));
         assert!(!page.contains("http://") || page.contains("http://www.w3.org/2000/svg"));
         assert!(page.contains("<svg"));
+    }
+
+    #[test]
+    fn a_backfill_is_marked_with_its_days() {
+        let json = r#"{"run_id": "x", "backfill": {"since": "2026-01-01", "until": "2026-01-31"}}"#;
+        let run: StoredRun = serde_json::from_str(json).unwrap();
+        assert!(format_list(std::slice::from_ref(&run))
+            .lines()
+            .nth(1)
+            .unwrap()
+            .ends_with("ok  backfill 2026-01-01…2026-01-31"));
+        assert!(format_run(&run).contains("backfill of the cursor's days 2026-01-01 … 2026-01-31"));
+        assert!(html(&[run]).contains("ok (backfill 2026-01-01…2026-01-31)"));
     }
 
     #[test]
