@@ -49,6 +49,11 @@ enum Command {
         /// read the range's rows and list the days a backfill would replace.
         #[arg(long)]
         dry_run: bool,
+        /// Tables run at the same time (each has its own lock and commits; the
+        /// summary keeps the config's order). After a failure no further table
+        /// starts.
+        #[arg(long, short = 'j', default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: u16,
         /// Backfill: read again the `--table` rows whose cursor falls on the days
         /// from --since to --until (UTC, both included) and merge them into their
         /// partitions and ClickHouse; the watermark does not move.
@@ -274,6 +279,7 @@ async fn dispatch(command: Command) -> Result<(), Error> {
             allow_schema_change,
             full_refresh,
             dry_run,
+            jobs,
             since,
             until,
         } => {
@@ -304,6 +310,7 @@ async fn dispatch(command: Command) -> Result<(), Error> {
                 tables,
                 allow_schema_change,
                 backfill,
+                jobs: jobs.into(),
             };
             let report = sluice::run(&config, &base, &options).await?;
             print!("{}", redact(&summary(&report)));

@@ -55,6 +55,8 @@ pub struct RunOptions {
     /// Read again the rows whose cursor falls on these days and merge them, without
     /// moving the watermark (watermark tables only).
     pub backfill: Option<Backfill>,
+    /// Tables run at the same time (0 or 1: one after the other).
+    pub jobs: usize,
 }
 
 /// What one table's run did.
@@ -160,57 +162,71 @@ pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result
         models: Vec::new(),
         error: None,
     };
-    let mut failure = None;
-    for table in &config.tables {
-        if !options.tables.is_empty() && !options.tables.contains(&table.name) {
-            continue;
-        }
-        let span = info_span!("table", table = %table.name);
-        let progress = crate::progress::table(&table.name);
-        let ctx = TableRun {
-            config,
-            table,
-            lake: &lake,
-            warehouse: warehouse.as_ref(),
-            run_id: &run_id,
-            allow_schema_change: options.allow_schema_change,
-            backfill: options.backfill.as_ref(),
-            progress: &progress,
-        };
-        let outcome = async {
-            let lock = TableLock::acquire(&lake, &table.name, &run_id).await?;
-            let outcome = match table.mode {
-                crate::config::CaptureMode::Watermark => ctx.run().await,
-                _ => {
-                    progress.stage(Stage::Snapshot, None);
-                    crate::capture::snapshot::run_table(
-                        config,
-                        table,
-                        &lake,
-                        warehouse.as_ref(),
-                        &run_id,
-                    )
-                    .await
-                }
+    // Up to `jobs` tables at a time, reported in config order. After a failure no
+    // further table starts; those already started finish (each commits on its own).
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let selected = config
+        .tables
+        .iter()
+        .filter(|t| options.tables.is_empty() || options.tables.contains(&t.name));
+    let runs = selected.enumerate().map(|(index, table)| {
+        let (lake, warehouse, run_id, failed) = (&lake, warehouse.as_ref(), &run_id, &failed);
+        async move {
+            if failed.load(std::sync::atomic::Ordering::SeqCst) {
+                return (index, None);
+            }
+            let span = info_span!("table", table = %table.name);
+            let progress = crate::progress::table(&table.name);
+            let ctx = TableRun {
+                config,
+                table,
+                lake,
+                warehouse,
+                run_id,
+                allow_schema_change: options.allow_schema_change,
+                backfill: options.backfill.as_ref(),
+                progress: &progress,
             };
-            // A failed release leaves a lock that expires (or is seen as dead) later.
-            if let Err(e) = lock.release().await {
-                warn!(error = %e, "Could not release the table lock.");
+            let outcome = async {
+                let lock = TableLock::acquire(lake, &table.name, run_id).await?;
+                let outcome = match table.mode {
+                    crate::config::CaptureMode::Watermark => ctx.run().await,
+                    _ => {
+                        progress.stage(Stage::Snapshot, None);
+                        crate::capture::snapshot::run_table(config, table, lake, warehouse, run_id)
+                            .await
+                    }
+                };
+                // A failed release leaves a lock that expires (or is seen as dead) later.
+                if let Err(e) = lock.release().await {
+                    warn!(error = %e, "Could not release the table lock.");
+                }
+                outcome
             }
-            outcome
+            .instrument(span)
+            .await;
+            match &outcome {
+                Ok(_) => progress.finish(),
+                Err(_) => failed.store(true, std::sync::atomic::Ordering::SeqCst),
+            }
+            (index, Some(outcome))
         }
-        .instrument(span)
+    });
+    // Unordered: a long table does not keep the next ones from starting.
+    let mut outcomes: Vec<(usize, Option<Result<TableReport>>)> = futures::stream::iter(runs)
+        .buffer_unordered(options.jobs.max(1))
+        .collect()
         .await;
+    outcomes.sort_by_key(|(index, _)| *index);
+    let mut failure = None;
+    for outcome in outcomes.into_iter().filter_map(|(_, outcome)| outcome) {
         match outcome {
-            Ok(table_report) => {
-                progress.finish();
-                report.tables.push(table_report)
-            }
-            Err(e) => {
+            Ok(table_report) => report.tables.push(table_report),
+            Err(e) if failure.is_none() => {
                 report.error = Some(e.to_string());
                 failure = Some(e);
-                break;
             }
+            Err(e) => warn!(error = %e, "Another table failed too."),
         }
     }
     if failure.is_none() {
@@ -252,6 +268,19 @@ struct TableRun<'a> {
     allow_schema_change: bool,
     backfill: Option<&'a Backfill>,
     progress: &'a TableProgress,
+}
+
+/// Days merged at the same time by an incremental run.
+const MERGE_CONCURRENCY: usize = 4;
+
+/// One day after the merge: its final files, and what they replaced.
+struct MergedDay {
+    day_name: String,
+    files: Vec<FileEntry>,
+    /// What the merge found, for a day that had files (`None` for a new day).
+    merged: Option<crate::capture::merge::Merged>,
+    /// The day's previous files (relative paths), deleted after the commit.
+    replaced: Vec<String>,
 }
 
 /// Files written for one day during the extract.
@@ -471,57 +500,43 @@ impl TableRun<'_> {
         if staged_days > 0 {
             self.progress.stage(Stage::Merge, Some(staged_days as u64));
         }
-        for (day, output) in outputs {
-            let day_name = day_string(day);
-            let files = match output {
-                DayOutput::New(files) => files,
-                DayOutput::Staged(staged) => {
-                    let old = manifest
-                        .partitions
-                        .get(&day_name)
-                        .cloned()
-                        .unwrap_or_default();
-                    let table_dir = self.lake.table_path(name);
-                    let old_paths: Vec<_> = old
-                        .files
-                        .iter()
-                        .map(|f| (join(&table_dir, &f.path), f.bytes))
-                        .collect();
-                    let staged_paths: Vec<_> = staged
-                        .iter()
-                        .map(|f| (self.lake.path(&f.path), f.bytes))
-                        .collect();
-                    let roller = self.open_final(day, &schema, rollers)?;
-                    rollers += 1;
-                    let merged = merge_partition(
-                        name,
-                        self.lake,
-                        &schema,
-                        &key_columns,
-                        &old_paths,
-                        &staged_paths,
-                        roller,
-                        backfill.is_some(),
-                    )
-                    .await?;
-                    for (path, _) in &staged_paths {
-                        self.lake.store().delete(path).await?;
-                    }
-                    // Rows a backfill read exactly as the lake has them.
-                    report.rows_changed -= merged.identical_rows;
-                    report.rows_skipped += merged.identical_rows;
-                    if merged.unchanged {
-                        self.progress.day_merged();
-                        continue;
-                    }
-                    report.rows_replaced += merged.replaced_rows - merged.identical_rows;
-                    replaced_files.extend(old.files.iter().map(|f| f.path.clone()));
-                    self.progress
-                        .bytes_written(merged.files.iter().map(|f| f.bytes).sum());
-                    self.progress.day_merged();
-                    merged.files
+        // Days are merged a few at a time: each is mostly waiting on the lake (read
+        // the old files, write the new ones), and each holds one day's writer.
+        let first_seq = rollers;
+        let skip_identical = backfill.is_some();
+        let merges = outputs.into_iter().enumerate().map(|(i, (day, output))| {
+            let seq = first_seq + i;
+            self.merge_day(
+                &manifest,
+                &schema,
+                &key_columns,
+                seq,
+                day,
+                output,
+                skip_identical,
+            )
+        });
+        let mut merged_days = futures::stream::iter(merges).buffered(MERGE_CONCURRENCY);
+        while let Some(merged) = merged_days.next().await {
+            let MergedDay {
+                day_name,
+                files,
+                merged,
+                replaced,
+            } = merged?;
+            if let Some(merged) = merged {
+                // Rows a backfill read exactly as the lake has them.
+                report.rows_changed -= merged.identical_rows;
+                report.rows_skipped += merged.identical_rows;
+                self.progress.day_merged();
+                if merged.unchanged {
+                    continue;
                 }
-            };
+                report.rows_replaced += merged.replaced_rows - merged.identical_rows;
+                replaced_files.extend(replaced);
+                self.progress
+                    .bytes_written(files.iter().map(|f| f.bytes).sum());
+            }
             report.files_written += files.len();
             report.bytes_written += files.iter().map(|f| f.bytes).sum::<u64>();
             let rows = files.iter().map(|f| f.rows).sum();
@@ -529,6 +544,7 @@ impl TableRun<'_> {
                 .insert(day_name.clone(), PartitionEntry { rows, files });
             touched.insert(day_name);
         }
+        drop(merged_days);
         report.partitions_written = touched.iter().cloned().collect();
         report.stages.merge = stage.elapsed().as_secs_f64();
 
@@ -645,6 +661,70 @@ impl TableRun<'_> {
         Ok(report)
     }
 
+    /// The final files of one day written by the extract: as they are for a new
+    /// day, or its committed files merged with the staged changed rows.
+    #[allow(clippy::too_many_arguments)]
+    async fn merge_day(
+        &self,
+        manifest: &Manifest,
+        schema: &SchemaRef,
+        key_columns: &[usize],
+        seq: usize,
+        day: i32,
+        output: DayOutput,
+        skip_identical: bool,
+    ) -> Result<MergedDay> {
+        let day_name = day_string(day);
+        let staged = match output {
+            DayOutput::New(files) => {
+                return Ok(MergedDay {
+                    day_name,
+                    files,
+                    merged: None,
+                    replaced: Vec::new(),
+                })
+            }
+            DayOutput::Staged(staged) => staged,
+        };
+        let name = self.table.name.as_str();
+        let old = manifest
+            .partitions
+            .get(&day_name)
+            .cloned()
+            .unwrap_or_default();
+        let table_dir = self.lake.table_path(name);
+        let old_paths: Vec<_> = old
+            .files
+            .iter()
+            .map(|f| (join(&table_dir, &f.path), f.bytes))
+            .collect();
+        let staged_paths: Vec<_> = staged
+            .iter()
+            .map(|f| (self.lake.path(&f.path), f.bytes))
+            .collect();
+        let roller = self.open_final(day, schema, seq)?;
+        let mut merged = merge_partition(
+            name,
+            self.lake,
+            schema,
+            key_columns,
+            &old_paths,
+            &staged_paths,
+            roller,
+            skip_identical,
+        )
+        .await?;
+        for (path, _) in &staged_paths {
+            self.lake.store().delete(path).await?;
+        }
+        Ok(MergedDay {
+            day_name,
+            files: std::mem::take(&mut merged.files),
+            merged: Some(merged),
+            replaced: old.files.into_iter().map(|f| f.path).collect(),
+        })
+    }
+
     /// Resolves the configured columns in the source's schema.
     fn check_columns(&self, schema: &SchemaRef) -> Result<(CursorColumn, Vec<usize>, usize)> {
         let t = self.table;
@@ -702,13 +782,15 @@ impl TableRun<'_> {
     ) -> Result<FileRoller> {
         if manifest.partitions.contains_key(&day_string(day)) {
             // Staged rows are merged into the day by `open_final`'s roller, which
-            // sorts them: no need to sort them here.
+            // sorts them: no need to sort them here. The staging folder names the
+            // run already; short names keep keys within what S3 stand-ins that map
+            // keys to file names (s3s-fs) accept.
             let rel = format!("{}/{}", self.staging_dir(), self.day_dir(day));
             Ok(FileRoller::new(
                 self.lake,
                 self.lake.path(&rel),
                 rel,
-                &format!("{}-{seq}", self.run_id),
+                &seq.to_string(),
                 schema.clone(),
             ))
         } else {

@@ -284,3 +284,54 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Tables run two at a time (`--jobs 2`): when one fails, the table running beside
+/// it still commits, no further table starts, and the exit code is the failure's.
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_table_stops_the_tables_after_it_not_the_one_beside_it() {
+    let pg = source_with_table("jobs").await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let table = |name: &str, source_table: &str| {
+        format!(
+            "\n[[table]]\nname = \"{name}\"\nsource = \"app\"\nsource_table = \"{source_table}\"\n\
+             cursor = \"updated_at\"\nkey = [\"id\"]\npartition_by = \"created_at\"\n"
+        )
+    };
+    let text = format!(
+        "[lake]\nurl = \"{}\"\n\n[sources.app]\nkind = \"postgres\"\nurl = \"{}\"\n{}{}{}",
+        lake.display(),
+        pg.url,
+        table("broken", "public.no_such_table"),
+        table("beside", "orders"),
+        table("after", "orders"),
+    );
+    let cfg = write_config(&dir, &text);
+    let out = tokio::task::spawn_blocking(move || {
+        sluice(
+            &["run", "--jobs", "2", "--config", cfg.to_str().unwrap()],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(error_line(&stderr).contains("table broken"), "{stderr}");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(lake.join("beside/_manifest.json")).expect("beside committed"),
+    )
+    .unwrap();
+    let rows: u64 = manifest["partitions"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(rows, 50, "{manifest}");
+    assert!(
+        !lake.join("after").exists(),
+        "a table started after the failure"
+    );
+    pg.drop().await;
+}
