@@ -136,7 +136,17 @@ pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result
             let lock = TableLock::acquire(&lake, &table.name, &run_id).await?;
             let outcome = match table.mode {
                 crate::config::CaptureMode::Watermark => ctx.run().await,
-                _ => {
+                crate::config::CaptureMode::ChangeStream => {
+                    crate::capture::change_stream::run_table(
+                        config,
+                        table,
+                        &lake,
+                        warehouse.as_ref(),
+                        &run_id,
+                    )
+                    .await
+                }
+                crate::config::CaptureMode::Snapshot | crate::config::CaptureMode::SnapshotDiff => {
                     crate::capture::snapshot::run_table(
                         config,
                         table,
