@@ -315,6 +315,27 @@ async fn change_stream_snapshot_then_inserts_updates_and_deletes() {
         .await
         .unwrap();
     s.coll.delete_one(doc! { "_id": oid(5) }).await.unwrap();
+    // One transaction: its changes share a cluster time, and their order decides.
+    let mut session = s.coll.client().start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    for state in ["Benue", "Borno"] {
+        s.coll
+            .update_one(doc! { "_id": oid(1) }, doc! { "$set": { "state": state } })
+            .session(&mut session)
+            .await
+            .unwrap();
+    }
+    s.coll
+        .insert_one(user(8, "Yobe"))
+        .session(&mut session)
+        .await
+        .unwrap();
+    s.coll
+        .delete_one(doc! { "_id": oid(8) })
+        .session(&mut session)
+        .await
+        .unwrap();
+    session.commit_transaction().await.unwrap();
     s.run_ok().await;
 
     let h = |n: u8| oid(n).to_hex();
@@ -329,18 +350,23 @@ async fn change_stream_snapshot_then_inserts_updates_and_deletes() {
         format!("{}|Ogun|insert|0", h(7)),
         format!("{}|\\N|delete|1", h(7)),
         format!("{}|\\N|delete|1", h(5)),
+        // The transaction: same cluster time, versions ordered within each key.
+        format!("{}|Borno|update|0", h(1)),
+        format!("{}|Yobe|insert|0", h(8)),
+        format!("{}|Borno|update|0", h(1)),
+        format!("{}|\\N|delete|1", h(8)),
     ]);
     assert_eq!(s.ch_changes().await, expected);
     assert_eq!(
         s.ch_current().await,
         vec![
-            format!("{}|Lagos", h(1)),
+            format!("{}|Borno", h(1)),
             format!("{}|Edo", h(2)),
             format!("{}|Abia", h(3)),
             format!("{}|Kano", h(6)),
         ]
     );
-    s.assert_converged(13).await;
+    s.assert_converged(17).await;
     // The change rows' ops in the lake are the same as in ClickHouse.
     let mut ops: Vec<String> = s
         .lake_changes()
@@ -361,7 +387,33 @@ async fn change_stream_snapshot_then_inserts_updates_and_deletes() {
     s.run_ok().await;
     assert_eq!(s.manifest().await["partitions"], files_before);
     assert_eq!(s.ch_changes().await, expected);
-    s.assert_converged(13).await;
+    s.assert_converged(17).await;
+
+    // `sluice query --as-of` reads the lake's change table as its current state.
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let out = s
+        .sluice(
+            &[
+                "query",
+                "--config",
+                s.cfg(),
+                "--as-of",
+                &today,
+                "--format",
+                "csv",
+                "SELECT _id, state FROM users ORDER BY _id",
+            ],
+            &[],
+        )
+        .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = text.lines().skip(1).map(|l| l.replace(',', "|")).collect();
+    assert_eq!(lines, s.source().await);
 
     // `state show` and `--dry-run` tell where the stream resumes.
     let out = s.sluice(&["state", "show", "--config", s.cfg()], &[]).await;
@@ -370,7 +422,7 @@ async fn change_stream_snapshot_then_inserts_updates_and_deletes() {
     assert!(
         text.contains("users (change_stream)")
             && text.contains("change stream: resumes after the stored resume token")
-            && text.contains("9 event(s) since the snapshot"),
+            && text.contains("13 event(s) since the snapshot"),
         "{text}"
     );
     let out = s

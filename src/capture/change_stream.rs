@@ -17,8 +17,9 @@
 //!    forever. Events become change rows in the same format as `snapshot_diff`:
 //!    the document's columns plus `_op` (`insert`, `update` for updates and
 //!    replaces, `delete`), `_change_date` (the event's UTC day), `_version` (the
-//!    event's cluster time, `seconds << 32 | increment`, so it grows across runs)
-//!    and `_is_deleted`. A delete carries only `_id`; an update whose document is
+//!    event's cluster time and, for changes of one key within one transaction,
+//!    their order: see [`ClusterTime::version`]; it grows across runs) and
+//!    `_is_deleted`. A delete carries only `_id`; an update whose document is
 //!    gone by the time it is looked up (deleted later) is skipped, since the
 //!    delete that follows it says the final word.
 //!
@@ -40,6 +41,7 @@
 //! **Memory.** At most `batch_rows` events or 32 MiB of BSON are decoded at a time,
 //! plus the Parquet writer's row group; the backlog is never held whole.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,7 +66,7 @@ use crate::lake::manifest::{FileEntry, Manifest};
 use crate::lake::writer::{day_string, FileRoller};
 use crate::lake::Lake;
 use crate::run::TableReport;
-use crate::source::mongo::{CollectionSource, Decoder, DocumentSchema, BATCH_BYTES};
+use crate::source::mongo::{sort_key, CollectionSource, Decoder, DocumentSchema, BATCH_BYTES};
 use crate::warehouse::Warehouse;
 
 /// How long one getMore waits for new events before answering with an empty
@@ -108,10 +110,16 @@ impl ClusterTime {
         }
     }
 
-    /// The `_version` of a change at this time: grows with the cluster time, so
-    /// ReplacingMergeTree keeps the latest change of a key across runs.
-    pub fn version(self) -> u64 {
-        (u64::from(self.t) << 32) | u64::from(self.i)
+    /// The `_version` of the `ordinal`-th change of one key at this time: grows
+    /// with the cluster time, so ReplacingMergeTree keeps the latest change of a
+    /// key across runs. Seconds take the high 32 bits, the increment the next 24
+    /// (16 million operations per second), and the ordinal the low 8: the changes
+    /// of one transaction share a cluster time, so a key changed twice in one
+    /// transaction is told apart by its order in the stream.
+    pub fn version(self, ordinal: u32) -> u64 {
+        (u64::from(self.t) << 32)
+            | (u64::from(self.i.min((1 << 24) - 1)) << 8)
+            | u64::from(ordinal.min(255))
     }
 
     /// The UTC day, as days since the epoch (the `_change_date` partition).
@@ -395,7 +403,7 @@ impl StreamRun<'_> {
         columns: &ChangeColumns,
     ) -> Result<()> {
         let t0 = self.cluster_time().await?;
-        let version = t0.version();
+        let version = t0.version(0);
         let day = t0.day();
         info!(cluster_time = %t0, collection = %self.collection.collection, "Initial snapshot started.");
         let mut stream = self
@@ -473,6 +481,7 @@ impl StreamRun<'_> {
         let mut covered = position.covered_until;
         let mut events = 0u64;
         let mut skipped = 0u64;
+        let mut same_time: (ClusterTime, HashMap<Vec<u8>, u32>) = (covered, HashMap::new());
         let caught_up = loop {
             let event: Option<ChangeStreamEvent<RawDocumentBuf>> = stream
                 .next_if_any()
@@ -541,7 +550,13 @@ impl StreamRun<'_> {
                 .append(&doc)
                 .map_err(|e| Error::source(&name, e))?;
             pending.ops.push(op);
-            pending.versions.push(time.version());
+            // Changes of one key at the same cluster time (one transaction).
+            if same_time.0 != time {
+                same_time = (time, HashMap::new());
+            }
+            let ordinal = same_time.1.entry(key_bytes(&doc)).or_insert(0);
+            pending.versions.push(time.version(*ordinal));
+            *ordinal += 1;
             if pending.decoder.rows() >= self.table.batch_rows
                 || pending.decoder.bytes() >= BATCH_BYTES
             {
@@ -753,6 +768,15 @@ impl StreamRun<'_> {
     }
 }
 
+/// A document's `_id` as comparable bytes (empty when it has none or a type
+/// sluice does not order: the decoder rejects such a document).
+fn key_bytes(doc: &RawDocumentBuf) -> Vec<u8> {
+    match doc.get("_id") {
+        Ok(Some(id)) => sort_key(id).unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
 /// The change table's schema and where the document columns are in a decoded batch.
 struct ChangeColumns {
     schema: SchemaRef,
@@ -798,7 +822,9 @@ mod tests {
             t: 1_795_618_453,
             i: 1,
         };
-        assert!(a.version() < b.version() && b.version() < c.version());
+        assert!(a.version(0) < a.version(1) && a.version(255) < b.version(0));
+        assert!(b.version(0) < c.version(0));
+        assert_eq!(a.version(300), a.version(255), "the ordinal saturates");
         assert_eq!(day_string(a.day()), "2026-11-25");
         assert_eq!(
             a.to_string(),
