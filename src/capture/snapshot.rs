@@ -392,6 +392,13 @@ impl SnapshotRun<'_> {
         let name = self.name().to_string();
         let state_name = format!("{name}{CURRENT_SUFFIX}");
         let changes = self.manifest(&name, CHANGE_DATE).await?;
+        if changes.change_stream.is_some() {
+            // Its versions are cluster times: a day's diff (YYYYMMDD) would lose to them.
+            return Err(Error::capture(
+                &name,
+                format!("the lake's change table was made by change_stream capture; start it over with `sluice state reset --table {name}` (or `sluice run --full-refresh --table {name}`) to diff snapshots"),
+            ));
+        }
         let state = self.manifest(&state_name, SNAPSHOT_DATE).await?;
         self.remove_orphans(&name, &changes).await?;
         self.remove_orphans(&state_name, &state).await?;
