@@ -68,7 +68,8 @@ pub enum SourceKind {
     /// A SQLite file, read with connectorx (the embedded demo).
     Sqlite,
     /// A MongoDB database (the URL names it: `mongodb://host:27017/db`), read with
-    /// the official driver; its tables use `snapshot` or `snapshot_diff` capture.
+    /// the official driver; its tables use `snapshot`, `snapshot_diff` or
+    /// `change_stream` capture.
     Mongodb,
 }
 
@@ -147,8 +148,8 @@ pub struct TableConfig {
     /// `snapshot_date` / `_change_date` themselves.
     #[serde(default)]
     pub partition_by: String,
-    /// How changes are captured: `watermark` (default), `snapshot` or
-    /// `snapshot_diff` (see README, "MongoDB sources").
+    /// How changes are captured: `watermark` (default), `snapshot`,
+    /// `snapshot_diff` or `change_stream` (see README, "MongoDB sources").
     #[serde(default)]
     pub mode: CaptureMode,
     /// MongoDB collection to read (sources of kind `mongodb` only; the database is
@@ -204,6 +205,11 @@ pub enum CaptureMode {
     /// Compare the whole source with the last snapshot by key and content hash;
     /// keep the changes (`_op` insert/update/delete) and the current state.
     SnapshotDiff,
+    /// Follow the collection's MongoDB change stream from a resume token kept in
+    /// the lake: a first snapshot, then each run reads the inserts, updates and
+    /// deletes since the last one until caught up (same change rows as
+    /// `snapshot_diff`). Needs a replica set (or sharded cluster).
+    ChangeStream,
 }
 
 /// How nested MongoDB documents and arrays become columns.
@@ -366,7 +372,8 @@ impl Config {
     }
 }
 
-/// Checks a table in `snapshot` / `snapshot_diff` mode (and every MongoDB table).
+/// Checks a table in `snapshot` / `snapshot_diff` / `change_stream` mode (and
+/// every MongoDB table).
 fn validate_snapshot_table(t: &TableConfig, mongo: bool) -> Result<(), ConfigError> {
     let invalid = |field: &str, reason: &str| ConfigError::Invalid {
         table: t.name.clone(),
@@ -376,13 +383,13 @@ fn validate_snapshot_table(t: &TableConfig, mongo: bool) -> Result<(), ConfigErr
     if !mongo {
         return Err(invalid(
             "mode",
-            "snapshot and snapshot_diff capture read MongoDB sources only (SQL sources use watermark)",
+            "snapshot, snapshot_diff and change_stream capture read MongoDB sources only (SQL sources use watermark)",
         ));
     }
     if t.mode == CaptureMode::Watermark {
         return Err(invalid(
             "mode",
-            "must be \"snapshot\" or \"snapshot_diff\" for a MongoDB source (a collection has no watermark column)",
+            "must be \"snapshot\", \"snapshot_diff\" or \"change_stream\" for a MongoDB source (a collection has no watermark column)",
         ));
     }
     match &t.collection {
@@ -405,6 +412,14 @@ fn validate_snapshot_table(t: &TableConfig, mongo: bool) -> Result<(), ConfigErr
         return Err(invalid(
             "key",
             "must be one top-level field (default [\"_id\"])",
+        ));
+    }
+    // A delete event names its document by `_id` only (documentKey): another key
+    // field could not be found for it.
+    if t.mode == CaptureMode::ChangeStream && t.key.iter().any(|k| k != "_id") {
+        return Err(invalid(
+            "key",
+            "must be [\"_id\"] (the default) in change_stream mode: delete events carry only the document's _id",
         ));
     }
     if t.batch_rows == 0 {
@@ -552,6 +567,39 @@ mod tests {
         );
         let err = Config::from_toml(&text, &env).unwrap_err().to_string();
         assert!(err.contains("clickhouse.days_per_load"), "{err}");
+    }
+
+    #[test]
+    fn change_stream_needs_a_mongodb_source_and_the_id_key() {
+        let mongo = r#"
+            [lake]
+            url = "s3://lake/prefix"
+            [sources.app]
+            kind = "mongodb"
+            url = "mongodb://127.0.0.1:27017/app"
+            [[table]]
+            name = "users"
+            source = "app"
+            collection = "users"
+            mode = "change_stream"
+        "#;
+        let c = Config::from_toml(mongo, &env).unwrap();
+        assert_eq!(c.tables[0].mode, CaptureMode::ChangeStream);
+        assert_eq!(c.tables[0].key_fields(), vec!["_id".to_string()]);
+        let err = Config::from_toml(&format!("{mongo}key = [\"uid\"]\n"), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("users") && err.contains("_id"), "{err}");
+        let err = Config::from_toml(&format!("{mongo}change_strem = 1\n"), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `change_strem`"), "{err}");
+        let sql = MINIMAL.replace(
+            "partition_by = \"created_at\"",
+            "partition_by = \"created_at\"\nmode = \"change_stream\"",
+        );
+        let err = Config::from_toml(&sql, &env).unwrap_err().to_string();
+        assert!(err.contains("MongoDB sources only"), "{err}");
     }
 
     #[test]

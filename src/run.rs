@@ -191,7 +191,15 @@ pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result
                 let lock = TableLock::acquire(lake, &table.name, run_id).await?;
                 let outcome = match table.mode {
                     crate::config::CaptureMode::Watermark => ctx.run().await,
-                    _ => {
+                    crate::config::CaptureMode::ChangeStream => {
+                        progress.stage(Stage::Snapshot, None);
+                        crate::capture::change_stream::run_table(
+                            config, table, lake, warehouse, run_id,
+                        )
+                        .await
+                    }
+                    crate::config::CaptureMode::Snapshot
+                    | crate::config::CaptureMode::SnapshotDiff => {
                         progress.stage(Stage::Snapshot, None);
                         crate::capture::snapshot::run_table(config, table, lake, warehouse, run_id)
                             .await

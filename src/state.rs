@@ -35,6 +35,7 @@ fn mode_text(table: &TableConfig) -> String {
         CaptureMode::Watermark => format!("watermark on {}", table.cursor),
         CaptureMode::Snapshot => "snapshot".into(),
         CaptureMode::SnapshotDiff => "snapshot_diff".into(),
+        CaptureMode::ChangeStream => "change_stream".into(),
     }
 }
 
@@ -104,7 +105,9 @@ pub fn describe_manifest(m: &Manifest) -> String {
         files,
         bytes_text(bytes)
     ));
-    if let Some(w) = &m.watermark {
+    if let Some(p) = &m.change_stream {
+        out.push_str(&format!("  change stream: {}\n", p.describe()));
+    } else if let Some(w) = &m.watermark {
         out.push_str(&format!(
             "  watermark: {w} ({} key(s) loaded at exactly it)\n",
             m.boundary_keys.len()
@@ -388,6 +391,27 @@ pub async fn dry_run(
                         t.partition_by
                     ));
                 }
+            }
+            CaptureMode::ChangeStream => {
+                let collection = t.collection.as_deref().unwrap_or("");
+                match manifest.as_ref().and_then(|m| m.change_stream.as_ref()) {
+                    None if manifest.as_ref().is_some_and(|m| !m.partitions.is_empty()) => {
+                        out.push_str("  the lake's change table has rows but no change-stream position: the run would stop and ask for a reset\n");
+                    }
+                    None => out.push_str(&format!(
+                        "  first run: read the cluster time T0, snapshot the whole collection {collection:?} as insert rows (_version of T0), then follow its change stream from right after T0 until caught up\n  ClickHouse: {0} and {0}{CURRENT_SUFFIX} are dropped and reloaded from the lake\n",
+                        t.name
+                    )),
+                    Some(p) => out.push_str(&format!(
+                        "  change stream of {collection:?}: {}\n  reads inserts, updates (whole documents, updateLookup) and deletes until caught up or past the cluster time at its start, {} events per batch; appends change rows to their _change_date days\n",
+                        p.describe(),
+                        t.batch_rows
+                    )),
+                }
+                out.push_str(&format!(
+                    "  partitions replaced in ClickHouse: the days of the events read, in {0} and {0}{CURRENT_SUFFIX} (ReplacingMergeTree: SELECT … FINAL is the current state)\n",
+                    t.name
+                ));
             }
             CaptureMode::Snapshot | CaptureMode::SnapshotDiff => {
                 let day = std::env::var(SNAPSHOT_DATE_ENV)

@@ -131,16 +131,20 @@ pub fn check_tables(config: &Config, tables: &[String]) -> Result<()> {
         .iter()
         .filter(|t| tables.is_empty() || tables.contains(&t.name));
     for t in selected {
-        let what = match t.mode {
+        let (what, why) = match t.mode {
             CaptureMode::Watermark => continue,
-            CaptureMode::Snapshot => "snapshot",
-            CaptureMode::SnapshotDiff => "snapshot_diff",
+            CaptureMode::Snapshot => ("snapshot", "reads the whole collection every run"),
+            CaptureMode::SnapshotDiff => ("snapshot_diff", "reads the whole collection every run"),
+            CaptureMode::ChangeStream => (
+                "change_stream",
+                "follows the change stream (sluice run --full-refresh --table T re-snapshots it)",
+            ),
         };
         return Err(Error::Config(ConfigError::Invalid {
             table: t.name.clone(),
             field: "--since/--until".into(),
             reason: format!(
-                "backfill watermark tables only; this table is mode = {what:?}, which reads the whole collection every run"
+                "backfill watermark tables only; this table is mode = {what:?}, which {why}"
             ),
         }));
     }

@@ -2,6 +2,7 @@
 //! absorb them.
 
 pub mod backfill;
+pub mod change_stream;
 pub mod merge;
 pub mod snapshot;
 pub mod watermark;

@@ -94,7 +94,9 @@ pub async fn run_table(
     match table.mode {
         CaptureMode::Snapshot => run.snapshot(stream, &mut report).await?,
         CaptureMode::SnapshotDiff => run.snapshot_diff(stream, &mut report).await?,
-        CaptureMode::Watermark => unreachable!("validated: MongoDB tables use snapshot modes"),
+        CaptureMode::Watermark | CaptureMode::ChangeStream => {
+            unreachable!("run.rs sends only snapshot modes here")
+        }
     }
     report.seconds = started.elapsed().as_secs_f64();
     for warning in &report.warnings {
@@ -108,6 +110,24 @@ pub async fn run_table(
         "Table done."
     );
     Ok(report)
+}
+
+/// The table's document schema (see `SnapshotRun::document_schema`): the one kept
+/// in the lake once `table` has a manifest, otherwise inferred from the config and
+/// a sample of the collection, and stored.
+pub(crate) async fn document_schema(
+    table: &TableConfig,
+    lake: &Lake,
+    collection: &CollectionSource,
+) -> Result<DocumentSchema> {
+    let run = SnapshotRun {
+        table,
+        lake,
+        warehouse: None,
+        run_id: "",
+        day: 0,
+    };
+    run.document_schema(collection).await
 }
 
 /// The run's snapshot day: `SLUICE_SNAPSHOT_DATE` or today (UTC).
@@ -379,6 +399,13 @@ impl SnapshotRun<'_> {
         let name = self.name().to_string();
         let state_name = format!("{name}{CURRENT_SUFFIX}");
         let changes = self.manifest(&name, CHANGE_DATE).await?;
+        if changes.change_stream.is_some() {
+            // Its versions are cluster times: a day's diff (YYYYMMDD) would lose to them.
+            return Err(Error::capture(
+                &name,
+                format!("the lake's change table was made by change_stream capture; start it over with `sluice state reset --table {name}` (or `sluice run --full-refresh --table {name}`) to diff snapshots"),
+            ));
+        }
         let state = self.manifest(&state_name, SNAPSHOT_DATE).await?;
         self.remove_orphans(&name, &changes).await?;
         self.remove_orphans(&state_name, &state).await?;
@@ -774,7 +801,7 @@ enum Step {
 }
 
 /// Indices of the document columns of a source schema (all but `_key`, `_hash`).
-fn data_columns(schema: &Schema) -> Vec<usize> {
+pub(crate) fn data_columns(schema: &Schema) -> Vec<usize> {
     schema
         .fields()
         .iter()
@@ -785,13 +812,13 @@ fn data_columns(schema: &Schema) -> Vec<usize> {
 }
 
 /// The schema of `columns` of `schema` followed by `extra`.
-fn with_columns(schema: &Schema, columns: &[usize], extra: &[Field]) -> SchemaRef {
+pub(crate) fn with_columns(schema: &Schema, columns: &[usize], extra: &[Field]) -> SchemaRef {
     let mut fields: Vec<Field> = columns.iter().map(|i| schema.field(*i).clone()).collect();
     fields.extend(extra.iter().cloned());
     Arc::new(Schema::new(fields))
 }
 
-fn append_columns(
+pub(crate) fn append_columns(
     schema: &SchemaRef,
     batch: &RecordBatch,
     columns: &[usize],
@@ -805,7 +832,7 @@ fn append_columns(
     RecordBatch::try_new(Arc::clone(schema), arrays).map_err(|e| Error::lake(e.to_string()))
 }
 
-fn column_names(schema: &Schema) -> Vec<String> {
+pub(crate) fn column_names(schema: &Schema) -> Vec<String> {
     schema.fields().iter().map(|f| f.name().clone()).collect()
 }
 

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use arrow::datatypes::Schema;
 use serde::{Deserialize, Serialize};
 
+use crate::capture::change_stream::StreamPosition;
 use crate::capture::watermark::CursorValue;
 
 /// Version of this file's layout.
@@ -53,6 +54,10 @@ pub struct Manifest {
     /// The lake table was rebuilt: the warehouse table must be dropped and reloaded.
     #[serde(default)]
     pub warehouse_rebuild: bool,
+    /// `change_stream` tables: where the next run resumes the MongoDB change
+    /// stream. Committed in the same PUT as the change rows it follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_stream: Option<StreamPosition>,
 }
 
 /// One schema of a table's history.
@@ -108,6 +113,7 @@ impl Manifest {
             boundary_keys: Vec::new(),
             pending_warehouse: BTreeSet::new(),
             warehouse_rebuild: false,
+            change_stream: None,
         }
     }
 

@@ -629,8 +629,13 @@ impl Warehouse {
             .await?;
         self.execute(
             table,
+            // optimize_on_insert = 0: into a ReplacingMergeTree, an insert would
+            // otherwise collapse the versions of a key within the block (a change
+            // stream's day holds several changes of one key), and the count
+            // check below would fail. FINAL picks the latest version anyway.
             &format!(
-                "INSERT INTO {stage} SELECT * FROM {} WHERE _partition_id = {id}",
+                "INSERT INTO {stage} SELECT * FROM {} WHERE _partition_id = {id} \
+                 SETTINGS optimize_on_insert = 0",
                 self.qualified(from)
             ),
         )
