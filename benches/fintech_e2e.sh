@@ -9,7 +9,8 @@
 #                                           (e.g. `0.1 1.0` to see memory at 10x)
 #
 # Prints, per run and per table: rows written, bytes, seconds per stage (extract,
-# merge, commit, ClickHouse), rows/s; per run: wall seconds and peak RSS of the
+# merge, commit, ClickHouse), rows/s; per SQL model (sql/fintech, run after the
+# tables): rows, rows dropped, seconds; per run: wall seconds and peak RSS of the
 # process (/usr/bin/time -v). Checks that every ClickHouse table holds as many rows
 # as the lake says. A measurement, not a test: nothing is asserted on time.
 #
@@ -107,6 +108,10 @@ for t in run["tables"]:
     print(f"{t['table']:<22} {rows:>10} {t['bytes_written'] / 2**20:>8.1f} {s.get('extract', 0):>8.2f} "
           f"{s.get('merge', 0):>7.2f} {s.get('commit', 0):>7.2f} {s.get('warehouse', 0):>7.2f} "
           f"{t['seconds']:>7.2f} {rate:>9} {len(t['partitions_loaded']):>6}")
+# The SQL models of sql/fintech, rebuilt after the tables (their time is in the wall).
+for m in run.get("models", []):
+    print(f"{'model ' + m['model']:<33} {m['rows']:>10} rows {m['rows_dropped']:>8} dropped "
+          f"{m['seconds']:>7.2f} s")
 print(f"{'all':<22} {rows_all:>10} {'':>8} {'':>8} {'':>7} {'':>7} {'':>7} {secs:>7.2f} {rows_all / secs:>9.0f}")
 if run.get("error"):
     print("run failed:", run["error"])
@@ -149,6 +154,7 @@ for SCALE in "${SCALES[@]}"; do
     -e "s|\${SLUICE_DEMO_MYSQL_PASSWORD}@127.0.0.1:3306/sluice|\${BENCH_MYSQL_PASSWORD}@127.0.0.1:3306/$DB|" \
     -e "s|^database = \"fintech\"|database = \"$DB\"|" \
     -e "s|^url = \"http://127.0.0.1:8123\"|url = \"$CH\"|" \
+    -e "s|^path = \"../sql/fintech\"|path = \"$PWD/sql/fintech\"|" \
     examples/fintech_sources.toml >"$WORK/fintech.toml"
   grep -q "$DB" "$WORK/fintech.toml"
 

@@ -1,6 +1,8 @@
 //! `sluice demo generate` and `sluice demo simulate` on the real services: the
 //! generated sources load into a lake whose counts equal the sources', and the next
-//! run after one simulate call finds exactly the changes simulate printed.
+//! run after one simulate call finds exactly the changes simulate printed; and
+//! examples/fintech_sources.toml as it is runs the tables then the fintech SQL
+//! models into the lake and ClickHouse, whose marts match the sources.
 
 mod common;
 mod common_mysql;
@@ -332,6 +334,226 @@ async fn generate_run_simulate_run_matches_the_sources() {
         vec!["150".to_string()]
     );
 
+    let client = mongodb::Client::with_uri_str(mongo_url(&name))
+        .await
+        .unwrap();
+    let _ = client.database(&name).drop().await;
+    sources.pg.drop().await;
+    sources.my.drop();
+}
+
+/// examples/fintech_sources.toml pointed at this test's databases, S3 prefix and
+/// ClickHouse database, with the models folder as an absolute path.
+fn example_config(sources: &Sources, prefix: &str, ch_db: &str) -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/examples/fintech_sources.toml")).unwrap();
+    let replace = |text: String, from: &str, to: &str| {
+        assert!(
+            text.contains(from),
+            "examples/fintech_sources.toml has no {from:?}"
+        );
+        text.replace(from, to)
+    };
+    let text = replace(
+        text,
+        "url = \"s3://lake/fintech_sources\"",
+        &format!("url = \"s3://{}/{prefix}\"", s3_bucket()),
+    );
+    let text = replace(
+        text,
+        "url = \"mongodb://127.0.0.1:27017/fintech?directConnection=true\"",
+        &format!("url = \"{}\"", mongo_url(&sources.mongo_db)),
+    );
+    let text = replace(
+        text,
+        "url = \"postgres://sluice:${SLUICE_DEMO_PG_PASSWORD}@127.0.0.1:5432/sluice\"",
+        &format!("url = \"{}\"", sources.pg.url),
+    );
+    let text = replace(
+        text,
+        "url = \"mysql://sluice:${SLUICE_DEMO_MYSQL_PASSWORD}@127.0.0.1:3306/sluice\"",
+        &format!("url = \"{}\"", sources.my.url),
+    );
+    let text = replace(
+        text,
+        "url = \"http://127.0.0.1:8123\"\ndatabase = \"fintech\"",
+        &format!(
+            "url = \"{}\"\ndatabase = \"{ch_db}\"\ns3_endpoint = \"{}\"",
+            clickhouse_url(),
+            clickhouse_s3_endpoint()
+        ),
+    );
+    replace(
+        text,
+        "path = \"../sql/fintech\"",
+        &format!("path = \"{root}/sql/fintech\""),
+    )
+}
+
+/// `sluice run` of the example on a snapshot day; panics with its output unless
+/// every table and model succeeded.
+fn run_example(config: &std::path::Path, day: &str) -> String {
+    let out = sluice(
+        &["run", "--config", config.to_str().unwrap()],
+        &[("SLUICE_SNAPSHOT_DATE", day)],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "sluice run failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// What the fintech marts must hold, computed from the sources themselves: the
+/// `_Uid` of every user in MongoDB (sorted), and from PostgreSQL the plans of
+/// those users that are not soft-deleted, and the transactions (count, signed
+/// sum in cents) that are not soft-deleted, of those users and of those plans.
+async fn expected_marts(sources: &Sources) -> (Vec<String>, String, String) {
+    let client = mongodb::Client::with_uri_str(mongo_url(&sources.mongo_db))
+        .await
+        .unwrap();
+    let mut uids: Vec<String> = client
+        .database(&sources.mongo_db)
+        .collection::<mongodb::bson::Document>("users")
+        .distinct("_Uid", doc! {})
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.as_str().unwrap().to_string())
+        .collect();
+    uids.sort();
+    let plans: String = sources
+        .pg
+        .client
+        .query_one(
+            "SELECT count(*)::text FROM savings_plan
+             WHERE deleted_at IS NULL AND user_id = ANY($1)",
+            &[&uids],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let row = sources
+        .pg
+        .client
+        .query_one(
+            "SELECT count(*)::text || ',' || coalesce(sum(CASE t.side WHEN 'withdrawal'
+                    THEN -t.amount ELSE t.amount END) * 100, 0)::bigint::text
+             FROM savings_transaction t JOIN savings_plan p USING (plan_id)
+             WHERE t.deleted_at IS NULL AND p.deleted_at IS NULL
+               AND t.user_id = ANY($1) AND p.user_id = ANY($1)",
+            &[&uids],
+        )
+        .await
+        .unwrap();
+    (uids, plans, row.get(0))
+}
+
+/// The marts in the lake (`sluice query`) and in ClickHouse equal what the
+/// sources say they must hold; returns the number of users.
+async fn assert_marts_match_sources(
+    sources: &Sources,
+    config: &std::path::Path,
+    day: &str,
+    ch_db: &str,
+) -> usize {
+    let (uids, plans, transactions) = expected_marts(sources).await;
+    assert!(
+        uids.len() > 100 && plans != "0",
+        "{} users, {plans} plans",
+        uids.len()
+    );
+    assert_eq!(
+        query(config, day, "SELECT user_id FROM dim_users ORDER BY 1"),
+        uids,
+        "lake dim_users = the users in MongoDB"
+    );
+    assert_eq!(
+        ch_lines(&format!(
+            "SELECT user_id FROM `{ch_db}`.dim_users ORDER BY 1"
+        ))
+        .await,
+        uids,
+        "ClickHouse dim_users = the users in MongoDB"
+    );
+    // The model's current state agrees with ClickHouse's own (FINAL over the
+    // change rows).
+    assert_eq!(
+        ch_lines(&format!(
+            "SELECT count() FROM `{ch_db}`.users_current FINAL"
+        ))
+        .await,
+        vec![uids.len().to_string()]
+    );
+    assert_eq!(
+        query(config, day, "SELECT count(*) FROM dim_savings_plan"),
+        vec![plans.clone()]
+    );
+    assert_eq!(
+        ch_lines(&format!("SELECT count() FROM `{ch_db}`.dim_savings_plan")).await,
+        vec![plans]
+    );
+    assert_eq!(
+        query(
+            config,
+            day,
+            "SELECT count(*), CAST(sum(signed_amount) * 100 AS BIGINT) \
+             FROM fact_savings_transactions"
+        ),
+        vec![transactions.clone()],
+        "lake fact = live transactions of live users and plans in PostgreSQL"
+    );
+    assert_eq!(
+        ch_lines(&format!(
+            "SELECT count(), toInt64(sum(signed_amount) * 100) \
+             FROM `{ch_db}`.fact_savings_transactions"
+        ))
+        .await,
+        vec![transactions.replace(',', "|")],
+        "ClickHouse fact = live transactions of live users and plans in PostgreSQL"
+    );
+    uids.len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fintech_example_runs_tables_then_models_into_clickhouse() {
+    let name = unique("demo_models");
+    let sources = Sources {
+        pg: PgDb::create(&name).await,
+        my: MyDb::create(&name),
+        mongo_db: name.clone(),
+    };
+    sources.demo(&["generate", "--scale", "0.001", "--seed", "11"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, &example_config(&sources, &name, &name));
+
+    let (day1, day2) = (day(-1), day(0));
+    let out = run_example(&config, &day1);
+    for model in [
+        "stg_users",
+        "stg_savings_plan",
+        "stg_savings_transaction",
+        "dim_users",
+        "dim_savings_plan",
+        "fact_savings_transactions",
+    ] {
+        assert!(out.contains(model), "{model} not in the report:\n{out}");
+    }
+    let users = assert_marts_match_sources(&sources, &config, &day1, &name).await;
+    assert_eq!(users, 150);
+
+    // A day of changes (users updated, inserted and deleted in MongoDB, plans
+    // soft-deleted in PostgreSQL): the models follow the current state.
+    let printed = sources.demo(&["simulate", "--scale", "0.01", "--seed", "11"]);
+    assert!(printed.contains("users"), "{printed}");
+    run_example(&config, &day2);
+    let users = assert_marts_match_sources(&sources, &config, &day2, &name).await;
+    assert_eq!(users, 150 + 5 - 1, "{printed}");
+
+    ch_exec(&format!("DROP DATABASE IF EXISTS `{name}`")).await;
     let client = mongodb::Client::with_uri_str(mongo_url(&name))
         .await
         .unwrap();

@@ -107,11 +107,27 @@ async fn ewallet_models_match_golden_files() {
 #[tokio::test]
 async fn fintech_models_match_golden_files() {
     let reports = golden("fintech.toml", "fintech").await;
-    // Validate before write: the transaction of an unknown user is dropped and
-    // counted.
-    let staged = reports
-        .iter()
-        .find(|r| r.model == "stg_savings_transaction")
-        .unwrap();
-    assert_eq!((staged.rows, staged.rows_dropped), (5, 1), "{staged:?}");
+    let rows = |model: &str| {
+        let r = reports.iter().find(|r| r.model == model).unwrap();
+        (r.rows, r.rows_dropped)
+    };
+    // The users' current state: of 4 keys in the change table, 1 was deleted.
+    assert_eq!(rows("stg_users"), (3, 0));
+    // Validate before write, counted: the plan of the deleted user; the
+    // transactions of an unknown user, of the deleted user and of a soft-deleted
+    // plan.
+    assert_eq!(rows("stg_savings_plan"), (3, 1));
+    assert_eq!(rows("stg_savings_transaction"), (5, 3));
+}
+
+/// examples/fintech.toml runs the models of examples/fintech_sources.toml on their
+/// own: the two `[models]` sections must not drift apart.
+#[test]
+fn fintech_examples_share_their_models_section() {
+    let models = |example: &str| {
+        let text = std::fs::read_to_string(root().join("examples").join(example)).unwrap();
+        let config = Config::from_toml(&text, &|_| Some("unused".into())).unwrap();
+        format!("{:?}", config.models.expect("the example has [models]"))
+    };
+    assert_eq!(models("fintech.toml"), models("fintech_sources.toml"));
 }
