@@ -518,34 +518,32 @@ impl<'a> Runner<'a> {
         if model.settings.drop_unmatched.is_empty() {
             return body.to_string();
         }
-        format!(
-            "SELECT * FROM ({body}\n) AS __model WHERE {}",
-            self.matched_condition(model)
-        )
+        format!("SELECT * FROM {}", self.matched_from(model, body))
     }
 
-    fn matched_condition(&self, model: &Model) -> String {
-        model
-            .settings
-            .drop_unmatched
-            .iter()
-            .map(|r| {
-                format!(
-                    "EXISTS (SELECT 1 FROM {to} AS __ref WHERE __ref.{f} = __model.{c})",
-                    to = quote(&r.to),
-                    f = quote(r.field()),
-                    c = quote(&r.column)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" AND ")
+    /// `body` as a relation `__model` keeping only the rows that have a match in
+    /// every `drop_unmatched` table: one semi join per relationship with the
+    /// referenced table's distinct keys on the build (left) side, so that the hash
+    /// table holds the small lookup, not the model (a hash join does not spill).
+    fn matched_from(&self, model: &Model, body: &str) -> String {
+        let mut from = format!("({body}\n) AS __model");
+        for (i, r) in model.settings.drop_unmatched.iter().enumerate() {
+            from = format!(
+                "(SELECT __model.* FROM (SELECT DISTINCT {f} AS __key FROM {to}) AS __ref{i} \
+                 RIGHT SEMI JOIN {from} ON __ref{i}.__key = __model.{c}) AS __model",
+                to = quote(&r.to),
+                f = quote(r.field()),
+                c = quote(&r.column)
+            );
+        }
+        from
     }
 
     fn dropped_sql(&self, model: &Model) -> String {
         let body = model.sql.trim_end().trim_end_matches(';');
         format!(
-            "SELECT count(*) FROM ({body}\n) AS __model WHERE NOT ({})",
-            self.matched_condition(model)
+            "SELECT (SELECT count(*) FROM ({body}\n) AS __all) - (SELECT count(*) FROM {})",
+            self.matched_from(model, body)
         )
     }
 
