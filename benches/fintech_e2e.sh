@@ -84,6 +84,8 @@ trap cleanup EXIT
 report() {
   local label=$1 out=$2 tv=$3 config=$4 id
   id=$(awk '$1 == "run" { print $2; exit }' "$out")
+  # A failed run prints no summary; its id is in the log.
+  [[ -n $id ]] || id=$(grep -o 'run_id=[^ ]*' "${out%.out}.err" | head -1 | cut -d= -f2)
   "$SLUICE" --quiet runs show --config "$config" --json "$id" >"$WORK/report.json"
   python3 - "$label" "$WORK/report.json" "$tv" <<'EOF'
 import json, re, sys
@@ -161,10 +163,13 @@ for SCALE in "${SCALES[@]}"; do
   export SLUICE_SNAPSHOT_DATE=2026-01-01
   step "Scale $SCALE: full load"
   "$SLUICE" --version >/dev/null
+  # A failed run (e.g. a model) still stores its report: print it, then stop.
+  FAILED=0
   /usr/bin/time -v -o "$WORK/full.time" "$SLUICE" run --config "$WORK/fintech.toml" \
-    >"$WORK/full.out" 2>"$WORK/full.err" || { tail -20 "$WORK/full.err" >&2; exit 1; }
+    >"$WORK/full.out" 2>"$WORK/full.err" || { tail -5 "$WORK/full.err" >&2; FAILED=1; }
   report "scale $SCALE, full load" "$WORK/full.out" "$WORK/full.time" "$WORK/fintech.toml" \
     | tee -a "$WORK/results.txt"
+  [[ $FAILED == 0 ]] || exit 1
 
   step "Scale $SCALE: one simulate call"
   "$SLUICE" --quiet demo simulate --scale "$SCALE" | tee "$WORK/simulate.out" >&2

@@ -255,7 +255,12 @@ impl<'a> Runner<'a> {
         warehouse: Option<&'a Warehouse>,
         run_id: &'a str,
     ) -> Result<Self> {
-        let mut session = SessionConfig::new();
+        // One partition: a hash join builds its (unspillable) table before any row
+        // reaches the (spillable) sort by day. With several partitions one
+        // partition's rows filled the sort's share of the pool while another was
+        // still building, and the build failed with "Resources exhausted" at the
+        // demo's default scale.
+        let mut session = SessionConfig::new().with_target_partitions(1);
         // Planning errors then carry the line of the offending identifier.
         session.options_mut().sql_parser.collect_spans = true;
         // Bounded memory: operators that buffer (the sort by day before writing a
