@@ -16,7 +16,8 @@
 #
 # Uses its own databases `sluice_bench_fintech` (PostgreSQL, MariaDB, MongoDB), an
 # S3 prefix and a ClickHouse database of that name, all dropped at the end
-# (SLUICE_BENCH_KEEP=1 keeps them). SLUICE_BIN=path/to/sluice skips the build.
+# (SLUICE_BENCH_KEEP=1 keeps them). SLUICE_BIN=path/to/sluice skips the build;
+# SLUICE_BENCH_MODELS=0 leaves the SQL models out (tables only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
@@ -159,6 +160,10 @@ for SCALE in "${SCALES[@]}"; do
     -e "s|^path = \"../sql/fintech\"|path = \"$PWD/sql/fintech\"|" \
     examples/fintech_sources.toml >"$WORK/fintech.toml"
   grep -q "$DB" "$WORK/fintech.toml"
+  # SLUICE_BENCH_MODELS=0: tables only (source -> lake -> ClickHouse), no [models].
+  if [[ ${SLUICE_BENCH_MODELS:-1} == 0 ]]; then
+    sed -i '/^\[models\]/,$d' "$WORK/fintech.toml"
+  fi
 
   export SLUICE_SNAPSHOT_DATE=2026-01-01
   step "Scale $SCALE: full load"
