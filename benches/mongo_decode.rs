@@ -10,6 +10,10 @@
 //!
 //! The schema is what the pipeline infers from the first 1,000 documents.
 //! Throughput is in documents (criterion's `elem/s`).
+//!
+//! `SLUICE_BENCH_ONCE=DOCS` skips criterion: each shape's first DOCS documents
+//! are decoded once, for instruction counts under
+//! `valgrind --tool=callgrind` (see benches/README.md).
 
 use std::time::Duration;
 
@@ -94,13 +98,13 @@ fn nested(i: usize) -> RawDocumentBuf {
 }
 
 /// Concatenated raw BSON: the documents' bytes, one after the other.
-fn load(file: &str, make: fn(usize) -> RawDocumentBuf) -> Vec<u8> {
+fn load(file: &str, make: fn(usize) -> RawDocumentBuf, docs: usize) -> Vec<u8> {
     if let Ok(dir) = std::env::var("SLUICE_BENCH_BSON_DIR") {
         let path = std::path::Path::new(&dir).join(file);
         return std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
     let mut out = Vec::new();
-    for i in 0..DOCS {
+    for i in 0..docs {
         out.extend_from_slice(make(i).as_bytes());
     }
     out
@@ -119,6 +123,8 @@ fn split(bytes: &[u8]) -> Vec<&RawDocument> {
 }
 
 /// Decodes every document into batches of [`BATCH_ROWS`]; returns the rows.
+/// Never inlined: `callgrind --toggle-collect=*decode_all*` counts only it.
+#[inline(never)]
 fn decode_all(schema: &DocumentSchema, docs: &[&RawDocument]) -> usize {
     let mut decoder = Decoder::new(schema.clone(), "bench");
     let mut rows = 0;
@@ -131,24 +137,46 @@ fn decode_all(schema: &DocumentSchema, docs: &[&RawDocument]) -> usize {
     rows
 }
 
+/// A shape: its name, its file under `SLUICE_BENCH_BSON_DIR`, its maker.
+type Shape = (&'static str, &'static str, fn(usize) -> RawDocumentBuf);
+
+fn shapes() -> [Shape; 2] {
+    [
+        ("users", "users.bson", user),
+        ("nested", "nested.bson", nested),
+    ]
+}
+
+fn infer(docs: &[&RawDocument]) -> DocumentSchema {
+    DocumentSchema::infer(
+        docs.iter().take(1000).copied(),
+        &[],
+        NestedMode::Struct,
+        MismatchPolicy::Overflow,
+        "_id",
+    )
+}
+
 fn decode(c: &mut Criterion) {
+    if let Ok(n) = std::env::var("SLUICE_BENCH_ONCE") {
+        let n: usize = n.parse().expect("SLUICE_BENCH_ONCE=DOCS");
+        for (name, file, make) in shapes() {
+            let bytes = load(file, make, n);
+            let docs = split(&bytes);
+            let docs = &docs[..n.min(docs.len())];
+            let rows = decode_all(&infer(docs), docs);
+            eprintln!("{name}: decoded {rows} documents once");
+        }
+        return;
+    }
     let mut group = c.benchmark_group("mongo_decode");
     group.sample_size(10);
     group.warm_up_time(Duration::from_secs(2));
     group.measurement_time(Duration::from_secs(15));
-    for (name, file, make) in [
-        ("users", "users.bson", user as fn(usize) -> RawDocumentBuf),
-        ("nested", "nested.bson", nested),
-    ] {
-        let bytes = load(file, make);
+    for (name, file, make) in shapes() {
+        let bytes = load(file, make, DOCS);
         let docs = split(&bytes);
-        let schema = DocumentSchema::infer(
-            docs.iter().take(1000).copied(),
-            &[],
-            NestedMode::Struct,
-            MismatchPolicy::Overflow,
-            "_id",
-        );
+        let schema = infer(&docs);
         assert_eq!(decode_all(&schema, &docs[..1000]), 1000);
         group.throughput(Throughput::Elements(docs.len() as u64));
         group.bench_function(format!("{name} {} docs", docs.len()), |b| {

@@ -7,7 +7,8 @@ Writes DOCS documents of two shapes as concatenated raw BSON (what a driver hold
 after a fetch) to a temporary folder: `users.bson` (the issue's `users` shape:
 ObjectId and five short strings) and `nested.bson` (sub-documents, arrays of
 strings, ints and documents, a date, doubles); the same documents that
-benches/mongo_decode.rs makes itself. Then, on one core (`taskset -c 0`):
+benches/mongo_decode.rs makes itself. Then, on one core (`taskset -c 1`, or
+SLUICE_BENCH_CORE):
 
   - PyMongoArrow: `PyMongoArrowContext(schema)`, `process_bson_stream(chunk)` for
     each 16 MiB chunk (a server batch), `finish()`: what `find_arrow_all` does.
@@ -47,6 +48,7 @@ JOBS = ["Engineer", "Teacher", "Doctor", "Trader", "Farmer", "Accountant"]
 STATES = ["Lagos", "Abuja", "Kano", "Oyo", "Rivers", "Enugu"]
 CHUNK = 16 * 1024 * 1024
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORE = os.environ.get("SLUICE_BENCH_CORE", "1")
 
 
 def oid(i):
@@ -170,7 +172,7 @@ def sluice_docs_per_s(folder):
     env.setdefault("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/sluice-target"))
     cmd = ["cargo", "bench", "--bench", "mongo_decode", "--", "--noplot"]
     if shutil.which("taskset"):
-        cmd = ["taskset", "-c", "0"] + cmd
+        cmd = ["taskset", "-c", CORE] + cmd
     out = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
     result, current = {}, None
     for line in out.stdout.splitlines():
@@ -188,7 +190,7 @@ def sluice_docs_per_s(folder):
 def main():
     docs = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     if shutil.which("taskset") and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {0})
+        os.sched_setaffinity(0, {int(CORE)})
     folder = tempfile.mkdtemp(prefix="sluice-mongo-decode-")
     try:
         raws = {}

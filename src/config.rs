@@ -183,6 +183,19 @@ pub struct TableConfig {
     /// Rows per Arrow batch read from the source.
     #[serde(default = "default_batch_rows")]
     pub batch_rows: usize,
+    /// MongoDB, `mode = "snapshot"` only: cursors reading disjoint ranges of the
+    /// key field (`_id`) at once. 1 (default) is one cursor; `snapshot_diff`
+    /// needs one cursor in key order and keeps 1. Each cursor holds up to one
+    /// batch (`batch_rows` documents or 32 MiB of BSON) of its own.
+    #[serde(default = "default_read_parallelism")]
+    pub read_parallelism: usize,
+}
+
+/// Largest `read_parallelism`.
+pub const MAX_READ_PARALLELISM: usize = 32;
+
+fn default_read_parallelism() -> usize {
+    1
 }
 
 fn default_batch_rows() -> usize {
@@ -324,6 +337,20 @@ impl Config {
                 ));
             }
             let mongo = self.sources[&t.source].kind == SourceKind::Mongodb;
+            if t.read_parallelism != 1 && !(mongo && t.mode == CaptureMode::Snapshot) {
+                return Err(invalid(
+                    &t.name,
+                    "read_parallelism",
+                    "is for MongoDB tables in mode \"snapshot\" (snapshot_diff reads one cursor in key order)".into(),
+                ));
+            }
+            if !(1..=MAX_READ_PARALLELISM).contains(&t.read_parallelism) {
+                return Err(invalid(
+                    &t.name,
+                    "read_parallelism",
+                    format!("must be between 1 and {MAX_READ_PARALLELISM}"),
+                ));
+            }
             if mongo || t.mode != CaptureMode::Watermark {
                 validate_snapshot_table(t, mongo)?;
                 continue;
@@ -600,6 +627,32 @@ mod tests {
         );
         let err = Config::from_toml(&sql, &env).unwrap_err().to_string();
         assert!(err.contains("MongoDB sources only"), "{err}");
+    }
+
+    #[test]
+    fn read_parallelism_is_for_mongodb_snapshots() {
+        let mongo = |mode: &str, n: usize| {
+            format!(
+                "[lake]\nurl = \"/tmp/l\"\n[sources.m]\nkind = \"mongodb\"\nurl = \"mongodb://h/db\"\n\
+                 [[table]]\nname = \"users\"\nsource = \"m\"\ncollection = \"users\"\nmode = \"{mode}\"\nread_parallelism = {n}\n"
+            )
+        };
+        let c = Config::from_toml(&mongo("snapshot", 4), &env).unwrap();
+        assert_eq!(c.tables[0].read_parallelism, 4);
+        for (text, expected) in [
+            (mongo("snapshot_diff", 2), "snapshot_diff reads one cursor"),
+            (mongo("snapshot", 0), "between 1 and"),
+            (mongo("snapshot", 33), "between 1 and"),
+            (
+                MINIMAL.replace("partition_by", "read_parallelism = 2\npartition_by"),
+                "read_parallelism",
+            ),
+        ] {
+            let err = Config::from_toml(&text, &env).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+        let c = Config::from_toml(MINIMAL, &env).unwrap();
+        assert_eq!(c.tables[0].read_parallelism, 1);
     }
 
     #[test]

@@ -294,3 +294,106 @@ async fn bad_documents_fail_naming_the_document_and_leave_no_partition() {
     );
     ch_exec(&format!("DROP DATABASE IF EXISTS `{ch_db}`")).await;
 }
+
+/// Runs `sluice run` for `day`; returns stderr (the log).
+fn run_logged(config: &std::path::Path, day: &str) -> String {
+    let out = sluice(
+        &["run", "--config", config.to_str().unwrap()],
+        &[("SLUICE_SNAPSHOT_DATE", day)],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success(),
+        "sluice run failed ({}):\n{}\n{stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+/// The lake's rows under `prefix` as sorted lines (key, data columns, overflow).
+async fn lake_rows(prefix: &str) -> Vec<String> {
+    let store = s3_store();
+    let batches = read_parquet_under(&store, &format!("{prefix}/users/")).await;
+    let text = pretty_format_batches(&batches).unwrap().to_string();
+    let mut rows: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| _id"))
+        .map(str::to_string)
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_read_in_parallel_key_ranges_gives_the_same_rows() {
+    let db = unique("mongo_par");
+    let coll = collection(&db, "users").await;
+    let states = ["Lagos", "Abuja", "Kano"];
+    let docs: Vec<Document> = (0..240u32)
+        .map(|i| {
+            let mut bytes = [0u8; 12];
+            bytes[0] = 0x66;
+            bytes[8..].copy_from_slice(&(i * 7919 % 1000).to_be_bytes());
+            bytes[4..8].copy_from_slice(&i.to_be_bytes());
+            if i >= 100 && i % 5 == 0 {
+                doc! { "_id": ObjectId::from_bytes(bytes), "uid": format!("UID{i:08}"), "n": i as i32, "extra": true }
+            } else {
+                doc! { "_id": ObjectId::from_bytes(bytes), "uid": format!("UID{i:08}"), "n": i as i32, "state": states[i as usize % 3] }
+            }
+        })
+        .collect();
+    coll.insert_many(docs).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let today = day(0);
+    let mut results = Vec::new();
+    for (parallelism, sample) in [(1, 240), (4, 240), (3, 20)] {
+        let prefix = unique(&format!("mongo_par_lake_{parallelism}"));
+        let ch_db = unique(&format!("mongo_par_ch_{parallelism}"));
+        // `infer_sample = 20` leaves `extra` out of the schema: overflow rows.
+        let extra = format!("read_parallelism = {parallelism}\ninfer_sample = {sample}");
+        let path = write_config(&dir, &config(&db, &prefix, &ch_db, "snapshot", &extra));
+        let log = run_logged(&path, &today);
+        if parallelism > 1 {
+            assert!(log.contains("Reading key ranges in parallel"), "{log}");
+        }
+        let rows = lake_rows(&prefix).await;
+        assert_eq!(rows.len(), 240, "parallelism {parallelism}");
+        let ch = ch_lines(&format!(
+            "SELECT _id, uid, n, state FROM `{ch_db}`.users ORDER BY _id"
+        ))
+        .await;
+        assert_eq!(ch.len(), 240);
+        results.push((parallelism, rows, ch));
+        ch_exec(&format!("DROP DATABASE IF EXISTS `{ch_db}`")).await;
+    }
+    assert_eq!(results[0].1, results[1].1, "lake rows: 1 vs 4 ranges");
+    assert_eq!(results[0].2, results[1].2, "ClickHouse rows: 1 vs 4 ranges");
+    assert_eq!(results[0].2, results[2].2, "ClickHouse rows with overflow");
+    assert!(results[2].1.iter().any(|r| r.contains(r#"{"extra":true}"#)));
+
+    // Keys of more than one type cannot be split by ranges: one cursor, all rows.
+    coll.insert_many(vec![
+        doc! { "_id": "k1", "n": 1i32 },
+        doc! { "_id": 7i64, "n": 2i32 },
+    ])
+    .await
+    .unwrap();
+    let prefix = unique("mongo_par_lake_mixed");
+    let ch_db = unique("mongo_par_ch_mixed");
+    let path = write_config(
+        &dir,
+        &config(
+            &db,
+            &prefix,
+            &ch_db,
+            "snapshot",
+            "read_parallelism = 4\non_mismatch = \"overflow\"",
+        ),
+    );
+    let log = run_logged(&path, &today);
+    assert!(log.contains("Keys of more than one type"), "{log}");
+    assert_eq!(lake_rows(&prefix).await.len(), 242);
+    ch_exec(&format!("DROP DATABASE IF EXISTS `{ch_db}`")).await;
+}

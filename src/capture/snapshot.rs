@@ -14,6 +14,8 @@
 //! Memory: the merge join holds one batch of each side (at most `batch_rows`
 //! documents or 32 MiB of BSON from MongoDB, `batch_rows` rows from the lake) plus
 //! the Parquet writers' row groups; neither snapshot is ever whole in memory.
+//! Snapshot mode may read `read_parallelism` ranges of the key at once (one
+//! batch being decoded per range); the diff always reads one cursor in key order.
 //!
 //! The day is the run's UTC date, or `SLUICE_SNAPSHOT_DATE=YYYY-MM-DD` (tests,
 //! backfills of a missed night). Only one diff per day is kept: a rerun compares
@@ -88,9 +90,25 @@ pub async fn run_table(
     };
     let schema = run.document_schema(&collection).await?;
     info!(day = %day_string(day), collection = %collection.collection, "Snapshot started.");
-    let stream = collection
-        .read(&table.name, schema, table.batch_rows)
-        .await?;
+    // The diff merge-joins the collection in key order: one cursor. A snapshot
+    // may read key ranges at once (`read_parallelism`).
+    let stream = match table.mode {
+        CaptureMode::Snapshot => {
+            collection
+                .read_parallel(
+                    &table.name,
+                    schema,
+                    table.batch_rows,
+                    table.read_parallelism,
+                )
+                .await?
+        }
+        _ => {
+            collection
+                .read(&table.name, schema, table.batch_rows)
+                .await?
+        }
+    };
     match table.mode {
         CaptureMode::Snapshot => run.snapshot(stream, &mut report).await?,
         CaptureMode::SnapshotDiff => run.snapshot_diff(stream, &mut report).await?,

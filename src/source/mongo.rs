@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::builder::NullBufferBuilder;
+use arrow::array::builder::{ArrayBuilder, NullBufferBuilder};
 use arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Decimal128Builder, Float64Builder, Int32Builder,
     Int64Builder, ListArray, StringBuilder, StructArray, TimestampMillisecondBuilder,
@@ -23,14 +23,20 @@ use arrow::array::{
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use mongodb::bson::raw::{RawArray, RawBsonRef, RawDocument, RawDocumentBuf};
-use mongodb::bson::{doc, Bson, Decimal128};
+use futures::TryStreamExt;
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::raw::{RawBinaryRef, RawBsonRef, RawDocument, RawDocumentBuf};
+use mongodb::bson::{doc, Bson, DateTime, Decimal128, Document};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tracing::info;
 
 use super::BatchStream;
 use crate::config::{MismatchPolicy, NestedMode};
 use crate::error::{Error, Result};
+use scan::{kind, Element, Elements};
+
+mod scan;
 
 /// The JSON column that keeps values that did not fit the schema.
 pub const OVERFLOW_COLUMN: &str = "_overflow";
@@ -355,11 +361,15 @@ struct DocContext<'p> {
     mismatches: Vec<Mismatch>,
     /// The policy; with `Error` the first mismatch stops the document.
     stop_at_first: bool,
+    /// The root column of the key field, whose value is captured in `key`.
+    key_column: Option<usize>,
+    key: Option<RawBsonRef<'p>>,
 }
 
 #[derive(Clone, Copy)]
 enum PathPart<'p> {
-    Field(&'p str),
+    /// A field name, checked as UTF-8 (it equals a schema name, or was checked).
+    Field(&'p [u8]),
     Index(usize),
 }
 
@@ -372,7 +382,7 @@ impl<'p> DocContext<'p> {
                     if !out.is_empty() {
                         out.push('.');
                     }
-                    out.push_str(name);
+                    out.push_str(&String::from_utf8_lossy(name));
                 }
                 PathPart::Index(i) => {
                     out.push('.');
@@ -396,6 +406,24 @@ impl<'p> DocContext<'p> {
             Ok(())
         }
     }
+
+    /// Records that the document cannot be decoded further (corrupt BSON,
+    /// invalid UTF-8); always stops the document.
+    fn corrupt(&mut self, what: impl std::fmt::Display) -> Result<(), ()> {
+        self.mismatches.push(Mismatch {
+            path: self.path_string(),
+            json: String::new(),
+            reason: format!("is not valid BSON ({what})"),
+        });
+        Err(())
+    }
+}
+
+/// An empty path with the allocation of `path`, for documents of another
+/// lifetime (the collect reuses the buffer: same layout, no element mapped).
+fn recycle<'a, 'b>(mut path: Vec<PathPart<'a>>) -> Vec<PathPart<'b>> {
+    path.clear();
+    path.into_iter().map(|_| unreachable!("cleared")).collect()
 }
 
 /// A value as relaxed Extended JSON (binary as base64, dates as ISO-8601).
@@ -404,6 +432,63 @@ pub fn to_json(value: RawBsonRef<'_>) -> String {
         Ok(b) => b.into_relaxed_extjson().to_string(),
         Err(e) => serde_json::json!({ "$invalid": e.to_string() }).to_string(),
     }
+}
+
+/// `bytes` as UTF-8, checked. Short ASCII strings (most field values) take a
+/// word-at-a-time check instead of the full validator.
+#[inline]
+fn utf8(bytes: &[u8]) -> std::result::Result<&str, std::str::Utf8Error> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII bytes are valid UTF-8.
+        Ok(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        std::str::from_utf8(bytes)
+    }
+}
+
+/// The `RawBsonRef` of a scanned element, for the paths that need one (JSON
+/// columns, mismatches, rare types). `parent` holds the element at position
+/// `index`: the types the `bson` crate gives no constructor for are found there.
+fn value_ref<'p>(
+    element: &Element<'p>,
+    parent: &'p [u8],
+    index: usize,
+) -> std::result::Result<RawBsonRef<'p>, String> {
+    let v = element.value;
+    Ok(match element.kind {
+        kind::DOUBLE => RawBsonRef::Double(element.f64()),
+        kind::STRING => RawBsonRef::String(
+            utf8(element.str_bytes()).map_err(|e| format!("invalid UTF-8 in a string: {e}"))?,
+        ),
+        kind::DOCUMENT => {
+            RawBsonRef::Document(RawDocument::from_bytes(v).map_err(|e| e.to_string())?)
+        }
+        kind::BINARY if v[4] != 0x02 => RawBsonRef::Binary(RawBinaryRef {
+            subtype: v[4].into(),
+            bytes: &v[5..],
+        }),
+        kind::OBJECT_ID => RawBsonRef::ObjectId(ObjectId::from_bytes(*element.object_id())),
+        kind::BOOLEAN => RawBsonRef::Boolean(v[0] == 1),
+        kind::DATE_TIME => RawBsonRef::DateTime(DateTime::from_millis(element.i64())),
+        kind::NULL => RawBsonRef::Null,
+        kind::UNDEFINED => RawBsonRef::Undefined,
+        kind::INT32 => RawBsonRef::Int32(element.i32()),
+        kind::INT64 => RawBsonRef::Int64(element.i64()),
+        kind::DECIMAL128 => RawBsonRef::Decimal128(Decimal128::from_bytes(
+            v[..16].try_into().expect("scanned: 16 bytes"),
+        )),
+        kind::MIN_KEY => RawBsonRef::MinKey,
+        kind::MAX_KEY => RawBsonRef::MaxKey,
+        // Arrays, regexes, code, symbols, timestamps, DB pointers, old binary.
+        _ => {
+            let parent = RawDocument::from_bytes(parent).map_err(|e| e.to_string())?;
+            match parent.iter().nth(index) {
+                Some(Ok((_, value))) => value,
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("element vanished on a second scan".into()),
+            }
+        }
+    })
 }
 
 /// An Arrow builder for one column.
@@ -430,8 +515,9 @@ enum Utf8Kind {
 
 struct StructBuilder {
     fields: Fields,
-    names: Vec<String>,
-    index: HashMap<String, usize>,
+    /// Column names as bytes, compared with the document's field names.
+    names: Vec<Box<[u8]>>,
+    index: HashMap<Box<[u8]>, usize>,
     children: Vec<Builder>,
     nulls: NullBufferBuilder,
     seen: Vec<bool>,
@@ -500,6 +586,46 @@ impl Builder {
                 l.nulls.append_null();
             }
         }
+    }
+
+    /// Appends a scanned element: the common pairs of column and BSON type are
+    /// read in place; anything else goes through [`Builder::append`].
+    #[inline]
+    fn append_element<'p>(
+        &mut self,
+        element: Element<'p>,
+        parent: &'p [u8],
+        index: usize,
+        cx: &mut DocContext<'p>,
+    ) -> Result<(), ()> {
+        match (&mut *self, element.kind) {
+            (Builder::Utf8(b, Utf8Kind::String), kind::STRING) => match utf8(element.str_bytes()) {
+                Ok(s) => b.append_value(s),
+                Err(e) => return cx.corrupt(format_args!("invalid UTF-8 in a string: {e}")),
+            },
+            (Builder::Utf8(b, Utf8Kind::ObjectId), kind::OBJECT_ID) => {
+                let digits = hex(element.object_id());
+                b.append_value(std::str::from_utf8(&digits).expect("hex digits are ASCII"));
+            }
+            (_, kind::NULL | kind::UNDEFINED) => self.append_null(),
+            (Builder::Int32(b), kind::INT32) => b.append_value(element.i32()),
+            (Builder::Int64(b), kind::INT64) => b.append_value(element.i64()),
+            (Builder::Int64(b), kind::INT32) => b.append_value(element.i32() as i64),
+            (Builder::Double(b), kind::DOUBLE) => b.append_value(element.f64()),
+            (Builder::Double(b), kind::INT32) => b.append_value(element.i32() as f64),
+            (Builder::Bool(b), kind::BOOLEAN) => b.append_value(element.value[0] == 1),
+            (Builder::Timestamp(b), kind::DATE_TIME) => b.append_value(element.i64()),
+            (Builder::Binary(b), kind::BINARY) if element.value[4] != 0x02 => {
+                b.append_value(&element.value[5..])
+            }
+            (Builder::Struct(s), kind::DOCUMENT) => s.append_document(element.value, cx)?,
+            (Builder::List(l), kind::ARRAY) => l.append_array(element.value, cx)?,
+            _ => match value_ref(&element, parent, index) {
+                Ok(value) => self.append(value, cx)?,
+                Err(e) => return cx.corrupt(e),
+            },
+        }
+        Ok(())
     }
 
     /// Appends `value`; a value that does not fit appends NULL and is recorded.
@@ -573,11 +699,11 @@ impl Builder {
                 true
             }
             (Builder::Struct(s), RawBsonRef::Document(d)) => {
-                s.append_document(d, cx)?;
+                s.append_document(d.as_bytes(), cx)?;
                 true
             }
             (Builder::List(l), RawBsonRef::Array(a)) => {
-                l.append_array(a, cx)?;
+                l.append_array(a.as_bytes(), cx)?;
                 true
             }
             _ => false,
@@ -589,16 +715,36 @@ impl Builder {
         Ok(())
     }
 
+    /// The column so far; the builder starts again, sized for a batch like
+    /// this one (so that it does not grow step by step through every batch).
     fn finish(&mut self) -> ArrayRef {
         match self {
-            Builder::Utf8(b, _) => Arc::new(b.finish()),
-            Builder::Int32(b) => Arc::new(b.finish()),
-            Builder::Int64(b) => Arc::new(b.finish()),
-            Builder::Double(b) => Arc::new(b.finish()),
+            Builder::Utf8(b, _) => {
+                let (rows, bytes) = (b.len(), b.values_slice().len());
+                Arc::new(std::mem::replace(b, StringBuilder::with_capacity(rows, bytes)).finish())
+            }
+            Builder::Int32(b) => {
+                let rows = b.len();
+                Arc::new(std::mem::replace(b, Int32Builder::with_capacity(rows)).finish())
+            }
+            Builder::Int64(b) => {
+                let rows = b.len();
+                Arc::new(std::mem::replace(b, Int64Builder::with_capacity(rows)).finish())
+            }
+            Builder::Double(b) => {
+                let rows = b.len();
+                Arc::new(std::mem::replace(b, Float64Builder::with_capacity(rows)).finish())
+            }
             Builder::Bool(b) => Arc::new(b.finish()),
-            Builder::Timestamp(b) => Arc::new(b.finish()),
+            Builder::Timestamp(b) => {
+                let next = TimestampMillisecondBuilder::with_capacity(b.len()).with_timezone("UTC");
+                Arc::new(std::mem::replace(b, next).finish())
+            }
             Builder::Decimal(b, _, _) => Arc::new(b.finish()),
-            Builder::Binary(b) => Arc::new(b.finish()),
+            Builder::Binary(b) => {
+                let (rows, bytes) = (b.len(), b.values_slice().len());
+                Arc::new(std::mem::replace(b, BinaryBuilder::with_capacity(rows, bytes)).finish())
+            }
             Builder::Struct(s) => Arc::new(s.finish()),
             Builder::List(l) => {
                 let values = l.item.finish();
@@ -618,11 +764,14 @@ impl StructBuilder {
     fn new(columns: &[Column]) -> Self {
         Self {
             fields: fields_of(columns),
-            names: columns.iter().map(|c| c.name.clone()).collect(),
+            names: columns
+                .iter()
+                .map(|c| c.name.as_bytes().to_vec().into_boxed_slice())
+                .collect(),
             index: columns
                 .iter()
                 .enumerate()
-                .map(|(i, c)| (c.name.clone(), i))
+                .map(|(i, c)| (c.name.as_bytes().to_vec().into_boxed_slice(), i))
                 .collect(),
             children: columns.iter().map(|c| Builder::new(&c.ty)).collect(),
             nulls: NullBufferBuilder::new(0),
@@ -630,44 +779,67 @@ impl StructBuilder {
         }
     }
 
-    fn append_document<'p>(
-        &mut self,
-        doc: &'p RawDocument,
-        cx: &mut DocContext<'p>,
-    ) -> Result<(), ()> {
-        self.seen.iter_mut().for_each(|s| *s = false);
-        // Documents of a collection mostly share their field order: try the
-        // column after the last one matched before hashing the name.
+    /// Appends one document given as its bytes (length prefix to final NUL).
+    fn append_document<'p>(&mut self, doc: &'p [u8], cx: &mut DocContext<'p>) -> Result<(), ()> {
+        // Only the root document looks for the key field.
+        let key_column = if cx.path.is_empty() {
+            cx.key_column
+        } else {
+            None
+        };
+        self.seen.fill(false);
+        let mut elements = match Elements::new(doc) {
+            Ok(e) => e,
+            Err(e) => return cx.corrupt(e),
+        };
+        // Documents of a collection mostly share their field order: expect the
+        // column after the last one matched before looking the name up.
         let mut hint = 0usize;
-        for element in doc.iter() {
-            let (name, value) = match element {
-                Ok(pair) => pair,
-                Err(e) => {
-                    cx.mismatches.push(Mismatch {
-                        path: cx.path_string(),
-                        json: String::new(),
-                        reason: format!("is not valid BSON ({e})"),
-                    });
-                    // A corrupt document cannot be decoded further: always stop.
-                    return Err(());
-                }
+        let mut index = 0usize;
+        loop {
+            let (element, matched) = match elements.next_named(self.names.get(hint).map(|n| &**n)) {
+                None => break,
+                Some(Ok(pair)) => pair,
+                // A corrupt document cannot be decoded further: always stop.
+                Some(Err(e)) => return cx.corrupt(e),
             };
-            cx.path.push(PathPart::Field(name));
-            let column = if self.names.get(hint).is_some_and(|n| n == name) {
+            let column = if matched {
                 Some(hint)
             } else {
-                self.index.get(name).copied()
+                self.index.get(element.name).copied()
             };
             match column {
                 Some(i) if !self.seen[i] => {
                     self.seen[i] = true;
                     hint = i + 1;
-                    self.children[i].append(value, cx)?;
+                    cx.path.push(PathPart::Field(element.name));
+                    if key_column == Some(i) {
+                        match value_ref(&element, doc, index) {
+                            Ok(v) => cx.key = Some(v),
+                            Err(e) => return cx.corrupt(e),
+                        }
+                    }
+                    self.children[i].append_element(element, doc, index, cx)?;
                 }
-                Some(_) => cx.mismatch(value, "repeats a field name in one document")?,
-                None => cx.mismatch(value, "is not in the schema")?,
+                _ => {
+                    // Not a schema name, so not known to be UTF-8 yet.
+                    if let Err(e) = std::str::from_utf8(element.name) {
+                        return cx.corrupt(format_args!("invalid UTF-8 in a field name: {e}"));
+                    }
+                    cx.path.push(PathPart::Field(element.name));
+                    let value = match value_ref(&element, doc, index) {
+                        Ok(v) => v,
+                        Err(e) => return cx.corrupt(e),
+                    };
+                    if column.is_some() {
+                        cx.mismatch(value, "repeats a field name in one document")?;
+                    } else {
+                        cx.mismatch(value, "is not in the schema")?;
+                    }
+                }
             }
             cx.path.pop();
+            index += 1;
         }
         for (i, seen) in self.seen.iter().enumerate() {
             if !seen {
@@ -690,22 +862,21 @@ impl StructBuilder {
 }
 
 impl ListBuilder {
-    fn append_array<'p>(&mut self, array: &'p RawArray, cx: &mut DocContext<'p>) -> Result<(), ()> {
+    /// Appends one array given as its bytes (a document keyed "0", "1", …; the
+    /// keys are not checked).
+    fn append_array<'p>(&mut self, array: &'p [u8], cx: &mut DocContext<'p>) -> Result<(), ()> {
+        let elements = match Elements::new(array) {
+            Ok(e) => e,
+            Err(e) => return cx.corrupt(e),
+        };
         let mut n = 0i32;
-        for (i, item) in array.into_iter().enumerate() {
+        for (i, item) in elements.enumerate() {
             let item = match item {
                 Ok(v) => v,
-                Err(e) => {
-                    cx.mismatches.push(Mismatch {
-                        path: cx.path_string(),
-                        json: String::new(),
-                        reason: format!("is not valid BSON ({e})"),
-                    });
-                    return Err(());
-                }
+                Err(e) => return cx.corrupt(e),
             };
             cx.path.push(PathPart::Index(i));
-            let outcome = self.item.append(item, cx);
+            let outcome = self.item.append_element(item, array, i, cx);
             cx.path.pop();
             outcome?;
             n += 1;
@@ -783,9 +954,16 @@ fn digits(mut v: u128) -> u32 {
 /// can reasonably have. `None` for a type sluice does not order (documents,
 /// arrays, …).
 pub fn sort_key(value: RawBsonRef<'_>) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(16);
+    sort_key_into(value, &mut out).then_some(out)
+}
+
+/// [`sort_key`] written into `out` (cleared first); `false` for a type sluice
+/// does not order.
+fn sort_key_into(value: RawBsonRef<'_>, out: &mut Vec<u8>) -> bool {
     // MongoDB's brackets: numbers < strings < objects < arrays < binary < ObjectId
     // < bool < date.
-    let mut out = Vec::with_capacity(16);
+    out.clear();
     match value {
         RawBsonRef::Int32(_) | RawBsonRef::Int64(_) | RawBsonRef::Double(_) => {
             let (as_f64, as_i64) = match value {
@@ -795,7 +973,7 @@ pub fn sort_key(value: RawBsonRef<'_>) -> Option<Vec<u8>> {
                 _ => unreachable!(),
             };
             if as_f64.is_nan() {
-                return None;
+                return false;
             }
             out.push(10);
             let bits = as_f64.to_bits();
@@ -830,9 +1008,9 @@ pub fn sort_key(value: RawBsonRef<'_>) -> Option<Vec<u8>> {
             out.push(80);
             out.extend_from_slice(&((d.timestamp_millis() as u64) ^ (1 << 63)).to_be_bytes());
         }
-        _ => return None,
+        _ => return false,
     }
-    Some(out)
+    true
 }
 
 /// The `_id` of a document for messages: its JSON, or a note when it has none.
@@ -848,9 +1026,15 @@ pub struct Decoder {
     schema: DocumentSchema,
     arrow: SchemaRef,
     root: StructBuilder,
+    /// The root column of the key field, when the schema has it.
+    key_column: Option<usize>,
     overflow: StringBuilder,
     keys: BinaryBuilder,
     hashes: UInt64Builder,
+    /// The `_key` of the last document appended.
+    last_key: Vec<u8>,
+    /// The allocation of the per-document field path, kept across documents.
+    path: Vec<PathPart<'static>>,
     rows: usize,
     bytes: usize,
     collection: String,
@@ -861,10 +1045,13 @@ impl Decoder {
         Self {
             arrow: schema.arrow_schema(),
             root: StructBuilder::new(&schema.columns),
+            key_column: schema.columns.iter().position(|c| c.name == schema.key),
             schema,
             overflow: StringBuilder::new(),
             keys: BinaryBuilder::new(),
             hashes: UInt64Builder::new(),
+            last_key: Vec::with_capacity(16),
+            path: Vec::with_capacity(8),
             rows: 0,
             bytes: 0,
             collection: collection.to_string(),
@@ -885,21 +1072,43 @@ impl Decoder {
         self.bytes
     }
 
+    /// The `_key` ([`sort_key`] of the key field) of the last document appended.
+    pub fn last_key(&self) -> &[u8] {
+        &self.last_key
+    }
+
     /// Appends one document. On an error (a mismatch under `on_mismatch =
     /// "error"`, a missing or unorderable key, corrupt BSON) the builders are left
     /// in an unusable state: drop the decoder.
     pub fn append(&mut self, doc: &RawDocument) -> std::result::Result<(), String> {
-        let key = match doc.get(&self.schema.key) {
-            Ok(Some(v)) => sort_key(v).ok_or_else(|| {
-                format!(
-                    "collection {}: document _id {}: key field {:?} has a type sluice cannot order ({}); use ObjectId, string, number, date, bool or binary keys",
-                    self.collection,
-                    describe_id(doc),
-                    self.schema.key,
-                    to_json(v)
-                )
-            })?,
-            Ok(None) => {
+        let mut cx = DocContext {
+            path: recycle(std::mem::take(&mut self.path)),
+            mismatches: Vec::new(),
+            stop_at_first: self.schema.on_mismatch == MismatchPolicy::Error,
+            key_column: self.key_column,
+            key: None,
+        };
+        let outcome = self.root.append_document(doc.as_bytes(), &mut cx);
+        self.path = recycle(std::mem::take(&mut cx.path));
+        // The key is checked first, so that its errors win over the fields'.
+        let key = match (self.key_column, cx.key) {
+            (Some(_), Some(v)) => Ok(Some(v)),
+            // Not in the schema (or not reached, corrupt): ask the document.
+            _ => doc.get(&self.schema.key),
+        };
+        match key {
+            Ok(Some(v)) => {
+                if !sort_key_into(v, &mut self.last_key) {
+                    return Err(format!(
+                        "collection {}: document _id {}: key field {:?} has a type sluice cannot order ({}); use ObjectId, string, number, date, bool or binary keys",
+                        self.collection,
+                        describe_id(doc),
+                        self.schema.key,
+                        to_json(v)
+                    ));
+                }
+            }
+            Ok(None) if outcome.is_ok() => {
                 return Err(format!(
                     "collection {}: document _id {} has no key field {:?}",
                     self.collection,
@@ -907,6 +1116,7 @@ impl Decoder {
                     self.schema.key
                 ))
             }
+            Ok(None) => {}
             Err(e) => {
                 return Err(format!(
                     "collection {}: document _id {} is not valid BSON: {e}",
@@ -914,13 +1124,7 @@ impl Decoder {
                     describe_id(doc)
                 ))
             }
-        };
-        let mut cx = DocContext {
-            path: Vec::new(),
-            mismatches: Vec::new(),
-            stop_at_first: self.schema.on_mismatch == MismatchPolicy::Error,
-        };
-        let outcome = self.root.append_document(doc, &mut cx);
+        }
         if outcome.is_err() || (cx.stop_at_first && !cx.mismatches.is_empty()) {
             let m = cx.mismatches.first();
             return Err(format!(
@@ -952,7 +1156,7 @@ impl Decoder {
                 self.overflow.append_value(object);
             }
         }
-        self.keys.append_value(&key);
+        self.keys.append_value(&self.last_key);
         self.hashes
             .append_value(twox_hash::XxHash3_64::oneshot(doc.as_bytes()));
         self.rows += 1;
@@ -967,8 +1171,14 @@ impl Decoder {
         if self.schema.on_mismatch == MismatchPolicy::Overflow {
             columns.push(Arc::new(self.overflow.finish()));
         }
-        columns.push(Arc::new(self.keys.finish()));
-        columns.push(Arc::new(self.hashes.finish()));
+        let (rows, key_bytes) = (self.keys.len(), self.keys.values_slice().len());
+        let mut keys = std::mem::replace(
+            &mut self.keys,
+            BinaryBuilder::with_capacity(rows, key_bytes),
+        );
+        columns.push(Arc::new(keys.finish()));
+        let mut hashes = std::mem::replace(&mut self.hashes, UInt64Builder::with_capacity(rows));
+        columns.push(Arc::new(hashes.finish()));
         self.rows = 0;
         self.bytes = 0;
         RecordBatch::try_new(Arc::clone(&self.arrow), columns).map_err(|e| e.to_string())
@@ -1041,94 +1251,101 @@ impl CollectionSource {
         batch_rows: usize,
     ) -> Result<BatchStream> {
         let coll = self.collection(table).await?;
-        let key = schema.key.clone();
-        let mut decoder = Decoder::new(schema, &self.collection);
-        let arrow_schema = Arc::clone(decoder.schema());
-        let name = table.to_string();
-        let mut cursor = coll
-            .find(doc! {})
-            .sort(doc! { key.as_str(): 1 })
-            .allow_disk_use(true)
-            .batch_size(batch_rows.min(10_000) as u32)
+        self.read_filters(table, &coll, schema, batch_rows, vec![doc! {}])
             .await
-            .map_err(|e| Error::source(table, crate::error::chain(&e)))?;
-        let (tx, mut rx) = mpsc::channel::<Result<Option<RecordBatch>>>(CHANNEL_BATCHES);
-        let error_tx = tx.clone();
-        let producer = async move {
-            let mut last_key: Option<Vec<u8>> = None;
-            loop {
-                let more = cursor
-                    .advance()
-                    .await
-                    .map_err(|e| Error::source(&name, crate::error::chain(&e)))?;
-                if more {
-                    let doc = cursor.current();
-                    decoder.append(doc).map_err(|e| Error::source(&name, e))?;
-                    // The diff merge-joins on `_key`: check the server's order is ours,
-                    // and that the key is unique.
-                    let key_now =
-                        sort_key(doc.get(&key).ok().flatten().expect("checked by append"))
-                            .expect("checked by append");
-                    if let Some(prev) = &last_key {
-                        if *prev >= key_now {
-                            return Err(Error::source(
-                                &name,
-                                format!(
-                                    "document _id {}: key field {key:?} {} (sluice needs one document per key, in MongoDB's sort order)",
-                                    describe_id(doc),
-                                    if *prev == key_now { "is not unique" } else { "arrived out of order" }
-                                ),
-                            ));
-                        }
-                    }
-                    last_key = Some(key_now);
-                }
-                if decoder.rows() > 0
-                    && (!more || decoder.rows() >= batch_rows || decoder.bytes() >= BATCH_BYTES)
-                {
-                    let batch = decoder.flush().map_err(|e| Error::source(&name, e))?;
-                    if tx.send(Ok(Some(batch))).await.is_err() {
-                        return Ok(()); // the pipeline stopped reading
-                    }
-                }
-                if !more {
-                    let _ = tx.send(Ok(None)).await;
-                    return Ok(());
-                }
-            }
+    }
+
+    /// Streams the whole collection as [`CollectionSource::read`] does, with up
+    /// to `parallelism` cursors each reading one range of the key field at once
+    /// (snapshot mode: batches of different ranges interleave, so the stream as a
+    /// whole is not in key order; each range is, and keys are still checked
+    /// unique). Falls back to one cursor for a collection of at most `batch_rows`
+    /// documents or whose keys are not all of one orderable type.
+    ///
+    /// Memory: each cursor holds at most one batch being decoded plus the
+    /// driver's current server batch; the cursors share one bounded channel of
+    /// finished batches.
+    pub async fn read_parallel(
+        &self,
+        table: &str,
+        schema: DocumentSchema,
+        batch_rows: usize,
+        parallelism: usize,
+    ) -> Result<BatchStream> {
+        let coll = self.collection(table).await?;
+        let filters = if parallelism > 1 {
+            key_ranges(table, &coll, &schema.key, parallelism, batch_rows).await?
+        } else {
+            vec![doc! {}]
         };
+        self.read_filters(table, &coll, schema, batch_rows, filters)
+            .await
+    }
+
+    /// One cursor per filter, sorted by key, each decoded in its own task into
+    /// one bounded channel.
+    async fn read_filters(
+        &self,
+        table: &str,
+        coll: &mongodb::Collection<RawDocumentBuf>,
+        schema: DocumentSchema,
+        batch_rows: usize,
+        filters: Vec<Document>,
+    ) -> Result<BatchStream> {
+        let arrow_schema = schema.arrow_schema();
+        let (tx, mut rx) = mpsc::channel::<Result<Option<RecordBatch>>>(CHANNEL_BATCHES);
+        let readers = filters.len();
+        for filter in filters {
+            let key = schema.key.clone();
+            let cursor = coll
+                .find(filter)
+                .sort(doc! { key.as_str(): 1 })
+                .allow_disk_use(true)
+                .batch_size(batch_rows.min(10_000) as u32)
+                .await
+                .map_err(|e| Error::source(table, crate::error::chain(&e)))?;
+            let decoder = Decoder::new(schema.clone(), &self.collection);
+            let producer = read_cursor(table.to_string(), cursor, decoder, batch_rows, tx.clone());
+            let error_tx = tx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = producer.await {
+                    let _ = error_tx.send(Err(e)).await;
+                }
+            });
+        }
+        drop(tx);
         let table_name = table.to_string();
-        tokio::spawn(async move {
-            if let Err(e) = producer.await {
-                let _ = error_tx.send(Err(e)).await;
-            }
-        });
+        let mut ended = 0usize;
         let mut done = false;
         let batches = futures::stream::poll_fn(move |cx| {
-            if done {
-                return std::task::Poll::Ready(None);
-            }
-            match rx.poll_recv(cx) {
-                std::task::Poll::Ready(Some(Ok(Some(batch)))) => {
-                    std::task::Poll::Ready(Some(Ok(batch)))
+            use std::task::Poll;
+            loop {
+                if done {
+                    return Poll::Ready(None);
                 }
-                std::task::Poll::Ready(Some(Ok(None))) => {
-                    done = true;
-                    std::task::Poll::Ready(None)
-                }
-                std::task::Poll::Ready(Some(Err(e))) => {
-                    done = true;
-                    std::task::Poll::Ready(Some(Err(e)))
-                }
-                // The task ended without its end marker: it panicked.
-                std::task::Poll::Ready(None) => {
-                    done = true;
-                    std::task::Poll::Ready(Some(Err(Error::source(
-                        &table_name,
-                        "the MongoDB reader stopped before the end of the collection",
-                    ))))
-                }
-                std::task::Poll::Pending => std::task::Poll::Pending,
+                return match rx.poll_recv(cx) {
+                    Poll::Ready(Some(Ok(Some(batch)))) => Poll::Ready(Some(Ok(batch))),
+                    Poll::Ready(Some(Ok(None))) => {
+                        ended += 1;
+                        if ended == readers {
+                            done = true;
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        done = true;
+                        Poll::Ready(Some(Err(e)))
+                    }
+                    // Every task ended, one without its end marker: it panicked.
+                    Poll::Ready(None) => {
+                        done = true;
+                        Poll::Ready(Some(Err(Error::source(
+                            &table_name,
+                            "the MongoDB reader stopped before the end of the collection",
+                        ))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                };
             }
         });
         Ok(BatchStream {
@@ -1136,6 +1353,171 @@ impl CollectionSource {
             batches: Box::pin(batches),
         })
     }
+}
+
+/// Decodes one cursor into batches sent on `tx`, then its end marker
+/// (`Ok(None)`). An `Err` is for the caller to send.
+async fn read_cursor(
+    name: String,
+    mut cursor: mongodb::Cursor<RawDocumentBuf>,
+    mut decoder: Decoder,
+    batch_rows: usize,
+    tx: mpsc::Sender<Result<Option<RecordBatch>>>,
+) -> Result<()> {
+    let mut last_key: Option<Vec<u8>> = None;
+    loop {
+        let more = cursor
+            .advance()
+            .await
+            .map_err(|e| Error::source(&name, crate::error::chain(&e)))?;
+        if more {
+            let doc = cursor.current();
+            decoder.append(doc).map_err(|e| Error::source(&name, e))?;
+            // The diff merge-joins on `_key`: check the server's order is ours,
+            // and that the key is unique.
+            let key_now = decoder.last_key();
+            if let Some(prev) = &last_key {
+                if prev.as_slice() >= key_now {
+                    return Err(Error::source(
+                        &name,
+                        format!(
+                            "document _id {}: key field {:?} {} (sluice needs one document per key, in MongoDB's sort order)",
+                            describe_id(doc),
+                            decoder.schema.key,
+                            if prev.as_slice() == key_now { "is not unique" } else { "arrived out of order" }
+                        ),
+                    ));
+                }
+            }
+            match &mut last_key {
+                Some(prev) => {
+                    prev.clear();
+                    prev.extend_from_slice(key_now);
+                }
+                None => last_key = Some(key_now.to_vec()),
+            }
+        }
+        if decoder.rows() > 0
+            && (!more || decoder.rows() >= batch_rows || decoder.bytes() >= BATCH_BYTES)
+        {
+            let batch = decoder.flush().map_err(|e| Error::source(&name, e))?;
+            if tx.send(Ok(Some(batch))).await.is_err() {
+                return Ok(()); // the pipeline stopped reading
+            }
+        }
+        if !more {
+            let _ = tx.send(Ok(None)).await;
+            return Ok(());
+        }
+    }
+}
+
+/// Documents sampled per range to place the range boundaries.
+const SAMPLE_PER_RANGE: usize = 64;
+
+/// Filters that split the collection into up to `n` disjoint ranges of `key`
+/// whose union is the whole collection, or one empty filter when it cannot be
+/// split safely.
+///
+/// MongoDB's `$lt`/`$gte` only match values of the bound's type bracket, so the
+/// ranges cover the collection only if every key is of one bracket: that holds
+/// when the lowest and the highest key (two index lookups on `_id`) are. Then
+/// boundaries are quantiles of a `$sample` of the keys: ranges are about equal,
+/// not exactly. Both work on MongoDB and SecantusDB (which has no
+/// `splitVector`).
+async fn key_ranges(
+    table: &str,
+    coll: &mongodb::Collection<RawDocumentBuf>,
+    key: &str,
+    n: usize,
+    batch_rows: usize,
+) -> Result<Vec<Document>> {
+    let fail = |e: mongodb::error::Error| Error::source(table, crate::error::chain(&e));
+    let whole = vec![doc! {}];
+    let count = coll.estimated_document_count().await.map_err(fail)?;
+    if count <= batch_rows as u64 {
+        return Ok(whole);
+    }
+    let end = |direction: i32| {
+        coll.find_one(doc! {})
+            .sort(doc! { key: direction })
+            .projection(doc! { key: 1 })
+    };
+    let (Some(low), Some(high)) = (end(1).await.map_err(fail)?, end(-1).await.map_err(fail)?)
+    else {
+        return Ok(whole);
+    };
+    let bracket = |d: &RawDocument| {
+        d.get(key)
+            .ok()
+            .flatten()
+            .and_then(sort_key)
+            .map(|k| (k[0], k))
+    };
+    let (Some((low_bracket, low_key)), Some((high_bracket, _))) = (bracket(&low), bracket(&high))
+    else {
+        return Ok(whole);
+    };
+    if low_bracket != high_bracket {
+        info!(
+            table,
+            key, "Keys of more than one type: reading with one cursor."
+        );
+        return Ok(whole);
+    }
+    let mut sample = coll
+        .aggregate(vec![
+            doc! { "$sample": { "size": (SAMPLE_PER_RANGE * n) as i64 } },
+            doc! { "$project": { key: 1 } },
+        ])
+        .with_type::<RawDocumentBuf>()
+        .await
+        .map_err(fail)?;
+    let mut keys: Vec<(Vec<u8>, Bson)> = Vec::new();
+    while let Some(d) = sample.try_next().await.map_err(fail)? {
+        let Ok(Some(value)) = d.get(key) else {
+            continue;
+        };
+        let Some(sort) = sort_key(value) else {
+            continue;
+        };
+        if sort[0] != low_bracket || sort <= low_key {
+            continue;
+        }
+        if let Ok(value) = Bson::try_from(value) {
+            keys.push((sort, value));
+        }
+    }
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    keys.dedup_by(|a, b| a.0 == b.0);
+    let mut bounds: Vec<Bson> = Vec::new();
+    let mut last: Option<&[u8]> = None;
+    for i in 1..n {
+        let Some((sort, value)) = keys.get(i * keys.len() / n) else {
+            continue;
+        };
+        if last.is_some_and(|l| l >= sort.as_slice()) {
+            continue;
+        }
+        last = Some(sort);
+        bounds.push(value.clone());
+    }
+    if bounds.is_empty() {
+        return Ok(whole);
+    }
+    let mut filters = Vec::with_capacity(bounds.len() + 1);
+    filters.push(doc! { key: { "$lt": bounds[0].clone() } });
+    for pair in bounds.windows(2) {
+        filters.push(doc! { key: { "$gte": pair[0].clone(), "$lt": pair[1].clone() } });
+    }
+    filters.push(doc! { key: { "$gte": bounds[bounds.len() - 1].clone() } });
+    info!(
+        table,
+        ranges = filters.len(),
+        sampled = keys.len(),
+        "Reading key ranges in parallel."
+    );
+    Ok(filters)
 }
 
 #[cfg(test)]
@@ -1232,6 +1614,124 @@ mod tests {
         let mut d = Decoder::new(s, "c");
         let err = d.append(&rawdoc! { "v": 1i32 }).unwrap_err();
         assert!(err.contains("no key field \"_id\""), "{err}");
+    }
+
+    fn decode_one(
+        schema_docs: &[RawDocumentBuf],
+        doc: &RawDocument,
+    ) -> Result<RecordBatch, String> {
+        let mut d = Decoder::new(schema(schema_docs, MismatchPolicy::Overflow), "c");
+        d.append(doc)?;
+        d.flush()
+    }
+
+    #[test]
+    fn invalid_utf8_and_corrupt_values_name_the_document() {
+        let good = rawdoc! { "_id": 7i32, "name": "abc", "sub": { "x": "yz" } };
+        // Bytes of "abc" and "yz" replaced by invalid UTF-8.
+        let mut bytes = good.as_bytes().to_vec();
+        let at = bytes.windows(3).position(|w| w == b"abc").unwrap();
+        bytes[at] = 0xff;
+        let doc = RawDocument::from_bytes(&bytes).unwrap();
+        let err = decode_one(std::slice::from_ref(&good), doc).unwrap_err();
+        assert!(
+            err.contains("_id 7") && err.contains("\"name\"") && err.contains("UTF-8"),
+            "{err}"
+        );
+        let mut bytes = good.as_bytes().to_vec();
+        let at = bytes.windows(2).position(|w| w == b"yz").unwrap();
+        bytes[at + 1] = 0xc3;
+        let err = decode_one(
+            std::slice::from_ref(&good),
+            RawDocument::from_bytes(&bytes).unwrap(),
+        )
+        .unwrap_err();
+        assert!(err.contains("\"sub.x\"") && err.contains("UTF-8"), "{err}");
+
+        // A field the schema does not have, with an invalid UTF-8 name.
+        let extra = rawdoc! { "_id": 8i32, "zz": 1i32 };
+        let mut bytes = extra.as_bytes().to_vec();
+        let at = bytes.windows(2).position(|w| w == b"zz").unwrap();
+        bytes[at] = 0xfe;
+        let err = decode_one(
+            std::slice::from_ref(&good),
+            RawDocument::from_bytes(&bytes).unwrap(),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("_id 8") && err.contains("not valid BSON"),
+            "{err}"
+        );
+
+        // The embedded document's length lies (points past its parent).
+        let mut bytes = good.as_bytes().to_vec();
+        let at = bytes.windows(4).position(|w| w == b"sub\0").unwrap() + 4;
+        bytes[at] = 0x7f;
+        let err = decode_one(
+            std::slice::from_ref(&good),
+            RawDocument::from_bytes(&bytes).unwrap(),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("_id 7") && err.contains("not valid BSON"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_corrupted_byte_is_an_error_or_a_row_never_a_panic() {
+        let docs = vec![rawdoc! {
+            "_id": ObjectId::parse_str("65a1b2c3d4e5f60718293a4b").unwrap(), "s": "text",
+            "n": 5i32, "d": { "a": [1i32, 2i32], "b": "x" }, "l": [{ "k": 1.5 }],
+            "j": mongodb::bson::Regex { pattern: "p".into(), options: "i".into() },
+        }];
+        let bytes = docs[0].as_bytes().to_vec();
+        for policy in [MismatchPolicy::Overflow, MismatchPolicy::Error] {
+            for i in 4..bytes.len() - 1 {
+                for v in [0u8, 1, 2, 3, 4, 5, 0x0b, 0x10, 0x7f, 0x80, 0xff] {
+                    let mut bad = bytes.clone();
+                    bad[i] = v;
+                    let doc = RawDocument::from_bytes(&bad).unwrap();
+                    let mut d = Decoder::new(schema(&docs, policy), "c");
+                    if d.append(doc).is_ok() {
+                        assert_eq!(d.flush().unwrap().num_rows(), 1);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rare_types_and_reordered_fields_decode_like_common_ones() {
+        let docs = vec![
+            rawdoc! {
+                "_id": 1i32, "a": "x", "b": 2i64, "j": [1i32, "two"],
+                "re": mongodb::bson::Regex { pattern: "p".into(), options: "i".into() },
+                "ts": mongodb::bson::Timestamp { time: 5, increment: 6 },
+            },
+            rawdoc! { "ts": mongodb::bson::Timestamp { time: 7, increment: 8 }, "b": 3i32, "a": "y", "_id": 2i32, "new": true },
+        ];
+        let mut d = Decoder::new(schema(&docs[..1], MismatchPolicy::Overflow), "c");
+        for doc in &docs {
+            d.append(doc).unwrap();
+            assert_eq!(
+                d.last_key(),
+                sort_key(doc.get("_id").unwrap().unwrap()).unwrap()
+            );
+        }
+        let batch = d.flush().unwrap();
+        let text = pretty_format_batches(&[batch.project(&[0, 1, 2, 3, 4, 5, 6]).unwrap()])
+            .unwrap()
+            .to_string();
+        for expected in [
+            r#"| 1   | x | 2 | [1, "two"]"#,
+            "| 2   | y | 3 |",
+            r#"{"$regularExpression":{"pattern":"p","options":"i"}}"#,
+            r#"{"$timestamp":{"t":7,"i":8}}"#,
+            r#"{"new":true}"#,
+        ] {
+            assert!(text.contains(expected), "{expected} missing from\n{text}");
+        }
     }
 
     #[test]
