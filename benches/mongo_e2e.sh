@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # End-to-end MongoDB benchmark: a `users` collection → committed Parquet.
 #
-#   benches/mongo_e2e.sh [DOCS]        DOCS defaults to 150,000
+#   benches/mongo_e2e.sh [DOCS [N]]     DOCS defaults to 150,000, N to 4
+#   SLUICE_BIN=/path/to/sluice benches/mongo_e2e.sh   time a prebuilt binary
 #
 # Seeds a collection `users` of DOCS documents of the issue's shape ({_id: ObjectId,
 # _Uid: "UID00000001", firstName, lastName, occupation, state}) in a fresh database
 # of the MongoDB at SLUICE_TEST_MONGO_URL (default: SecantusDB from
 # scripts/services.sh on 127.0.0.1:27017), then times under /usr/bin/time -v:
 #
-#   sluice         `sluice run`, snapshot mode, local-folder lake, no ClickHouse
+#   sluice-p1      `sluice run`, snapshot mode, local-folder lake, no ClickHouse,
+#                  one cursor (`read_parallelism = 1`)
+#   sluice-pN      the same with `read_parallelism = N` (N ranges of _id at once)
 #   pymongoarrow   `pymongoarrow.api.find_arrow_all` of the same collection with
 #                  the same schema (the Arrow table in memory, nothing written)
 #
@@ -21,7 +24,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 [[ -d $HOME/.cargo/bin ]] && export PATH="$HOME/.cargo/bin:$PATH"
 
 DOCS="${1:-150000}"
-[[ $DOCS =~ ^[0-9]+$ && $DOCS -ge 1 ]] || { echo "usage: $0 [DOCS]" >&2; exit 2; }
+PAR="${2:-4}"
+[[ $DOCS =~ ^[0-9]+$ && $DOCS -ge 1 && $PAR =~ ^[0-9]+$ && $PAR -ge 1 ]] ||
+  { echo "usage: $0 [DOCS [N]]" >&2; exit 2; }
 MONGO="${SLUICE_TEST_MONGO_URL:-mongodb://127.0.0.1:27017}"
 DB="sluice_bench_mongo_$$"
 URL="$MONGO/$DB?directConnection=true"
@@ -39,9 +44,13 @@ trap cleanup EXIT
 [[ -x /usr/bin/time ]] || { step "Installing GNU time"; apt-get install -y -qq time >/dev/null; }
 python3 -c "import pymongoarrow" 2>/dev/null || { echo "needs: pip install pymongoarrow" >&2; exit 2; }
 
-step "Building sluice (release)"
-cargo build --release --locked --quiet
-SLUICE="$CARGO_TARGET_DIR/release/sluice"
+if [[ -n ${SLUICE_BIN:-} ]]; then
+  SLUICE="$SLUICE_BIN"
+else
+  step "Building sluice (release)"
+  cargo build --release --locked --quiet
+  SLUICE="$CARGO_TARGET_DIR/release/sluice"
+fi
 
 step "Seeding $DOCS users into $DB"
 python3 - "$URL" "$DB" "$DOCS" <<'PY'
@@ -66,9 +75,11 @@ for start in range(0, n, 10_000):
 print(f"seeded {users.count_documents({})} documents in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 PY
 
-cat >"$WORK/users.toml" <<EOF
+# config N: a snapshot of the collection into its own local lake, N cursors.
+config() {
+  cat >"$WORK/users-$1.toml" <<EOF
 [lake]
-url = "$WORK/lake"
+url = "$WORK/lake-$1"
 
 [sources.app]
 kind = "mongodb"
@@ -79,7 +90,9 @@ name = "users"
 source = "app"
 collection = "users"
 mode = "snapshot"
+read_parallelism = $1
 EOF
+}
 
 cat >"$WORK/find_arrow_all.py" <<'PY'
 import sys, warnings
@@ -103,21 +116,29 @@ measure() {
   step "$name: $*"
   /usr/bin/time -v -o "$tv" "$@" >"$WORK/$name.out"
   cat "$WORK/$name.out" >&2
-  local secs rss
+  local secs rss cpu
   secs=$(awk -F': ' '/Elapsed \(wall clock\)/ {
       n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$tv")
   rss=$(awk -F': ' '/Maximum resident set size/ { printf "%.1f", $2 / 1024 }' "$tv")
-  RESULTS+=("$name|$secs|$rss")
+  cpu=$(awk -F': ' '/(User|System) time \(seconds\)/ { s += $2 } END { printf "%.2f", s }' "$tv")
+  RESULTS+=("$name|$secs|$rss|$cpu")
 }
 
-measure sluice "$SLUICE" --quiet run --config "$WORK/users.toml"
-rows=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['partitions'].popitem()[1]['rows'])" \
-  "$WORK/lake/users/_manifest.json")
-[[ $rows == "$DOCS" ]] || { echo "the lake holds $rows rows, expected $DOCS" >&2; exit 1; }
+# sluice_run N: one timed run with N cursors, checked against the collection.
+sluice_run() {
+  config "$1"
+  measure "sluice-p$1" "$SLUICE" --quiet run --config "$WORK/users-$1.toml"
+  local rows
+  rows=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['partitions'].popitem()[1]['rows'])" \
+    "$WORK/lake-$1/users/_manifest.json")
+  [[ $rows == "$DOCS" ]] || { echo "the lake holds $rows rows, expected $DOCS" >&2; exit 1; }
+}
+sluice_run 1
+if [[ $PAR -gt 1 ]]; then sluice_run "$PAR"; fi
 measure pymongoarrow python3 "$WORK/find_arrow_all.py" "$URL" "$DB"
 
-printf '\n%-14s %10s %9s %12s %15s\n' "reader" "documents" "seconds" "documents/s" "peak RSS (MiB)"
+printf '\n%-14s %10s %9s %12s %15s %11s\n' "reader" "documents" "seconds" "documents/s" "peak RSS (MiB)" "CPU s (client)"
 for r in "${RESULTS[@]}"; do
-  IFS='|' read -r name secs rss <<<"$r"
-  printf '%-14s %10d %9.2f %12.0f %15s\n' "$name" "$DOCS" "$secs" "$(awk "BEGIN { print $DOCS / $secs }")" "$rss"
+  IFS='|' read -r name secs rss cpu <<<"$r"
+  printf '%-14s %10d %9.2f %12.0f %15s %11s\n' "$name" "$DOCS" "$secs" "$(awk "BEGIN { print $DOCS / $secs }")" "$rss" "$cpu"
 done
