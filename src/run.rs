@@ -837,24 +837,7 @@ impl TableRun<'_> {
     /// that the manifest does not list, and this table's staging folder.
     async fn remove_orphans(&self, manifest: &Manifest) -> Result<()> {
         let name = &self.table.name;
-        let live = manifest.live_files();
-        let orphans: Vec<String> = self
-            .lake
-            .list(name)
-            .await?
-            .into_iter()
-            .map(|(path, _)| path)
-            .filter(|p| p.ends_with(".parquet") && !live.contains(p.as_str()))
-            .collect();
-        if !orphans.is_empty() {
-            warn!(
-                files = orphans.len(),
-                "Removing files left by an interrupted run."
-            );
-            self.lake
-                .delete_files(name, orphans.iter().map(String::as_str))
-                .await?;
-        }
+        self.lake.remove_orphans(name, Some(manifest)).await?;
         let staging = format!("_sluice/staging/{name}");
         for (path, _) in self.lake.list(&staging).await? {
             self.lake

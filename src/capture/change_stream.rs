@@ -349,7 +349,9 @@ impl StreamRun<'_> {
                 ),
             ));
         }
-        self.remove_orphans(&manifest).await?;
+        self.lake
+            .remove_orphans(self.name(), Some(&manifest))
+            .await?;
         let schema = document_schema(self.table, self.lake, &self.collection).await?;
         let source_schema = schema.arrow_schema();
         let data = data_columns(&source_schema);
@@ -733,30 +735,6 @@ impl StreamRun<'_> {
         next.warehouse_rebuild = false;
         self.commit(&mut next).await?;
         *manifest = next;
-        Ok(())
-    }
-
-    /// Deletes Parquet files the manifest does not list (left by an interrupted run).
-    async fn remove_orphans(&self, manifest: &Manifest) -> Result<()> {
-        let name = self.name();
-        let live = manifest.live_files();
-        let orphans: Vec<String> = self
-            .lake
-            .list(name)
-            .await?
-            .into_iter()
-            .map(|(path, _)| path)
-            .filter(|p| p.ends_with(".parquet") && !live.contains(p.as_str()))
-            .collect();
-        if !orphans.is_empty() {
-            warn!(
-                files = orphans.len(),
-                "Removing files left by an interrupted run."
-            );
-            self.lake
-                .delete_files(name, orphans.iter().map(String::as_str))
-                .await?;
-        }
         Ok(())
     }
 

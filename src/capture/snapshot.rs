@@ -254,31 +254,6 @@ impl SnapshotRun<'_> {
         }
     }
 
-    /// Deletes Parquet files of `table` that its manifest does not list (left by
-    /// an interrupted run).
-    async fn remove_orphans(&self, table: &str, manifest: &Manifest) -> Result<()> {
-        let live = manifest.live_files();
-        let orphans: Vec<String> = self
-            .lake
-            .list(table)
-            .await?
-            .into_iter()
-            .map(|(path, _)| path)
-            .filter(|p| p.ends_with(".parquet") && !live.contains(p.as_str()))
-            .collect();
-        if !orphans.is_empty() {
-            warn!(
-                table,
-                files = orphans.len(),
-                "Removing files left by an interrupted run."
-            );
-            self.lake
-                .delete_files(table, orphans.iter().map(String::as_str))
-                .await?;
-        }
-        Ok(())
-    }
-
     fn roller(&self, table: &str, column: &str, schema: &SchemaRef, seq: usize) -> FileRoller {
         let rel = format!("{column}={}", day_string(self.day));
         let dir = self.lake.path(&format!("{table}/{rel}"));
@@ -316,7 +291,7 @@ impl SnapshotRun<'_> {
     ) -> Result<()> {
         let name = self.name().to_string();
         let manifest = self.manifest(&name, SNAPSHOT_DATE).await?;
-        self.remove_orphans(&name, &manifest).await?;
+        self.lake.remove_orphans(&name, Some(&manifest)).await?;
         let data_columns = data_columns(&stream.schema);
         let schema = with_columns(
             &stream.schema,
@@ -425,8 +400,8 @@ impl SnapshotRun<'_> {
             ));
         }
         let state = self.manifest(&state_name, SNAPSHOT_DATE).await?;
-        self.remove_orphans(&name, &changes).await?;
-        self.remove_orphans(&state_name, &state).await?;
+        self.lake.remove_orphans(&name, Some(&changes)).await?;
+        self.lake.remove_orphans(&state_name, Some(&state)).await?;
         let day_name = day_string(self.day);
 
         // The base: the latest earlier snapshot whose change set was committed too

@@ -228,6 +228,34 @@ impl Lake {
         Ok(deleted)
     }
 
+    /// Deletes the Parquet files under the table folder that `manifest` does not
+    /// list (all of them without a manifest): what an interrupted run wrote but
+    /// never committed.
+    pub async fn remove_orphans(
+        &self,
+        table: &str,
+        manifest: Option<&manifest::Manifest>,
+    ) -> Result<()> {
+        let live = manifest.map(|m| m.live_files()).unwrap_or_default();
+        let orphans: Vec<String> = self
+            .list(table)
+            .await?
+            .into_iter()
+            .map(|(path, _)| path)
+            .filter(|p| p.ends_with(".parquet") && !live.contains(p.as_str()))
+            .collect();
+        if !orphans.is_empty() {
+            tracing::warn!(
+                table,
+                files = orphans.len(),
+                "Removing files left by an interrupted run."
+            );
+            self.delete_files(table, orphans.iter().map(String::as_str))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Streams the record batches of one Parquet object of `size` bytes.
     pub async fn read_parquet(
         &self,

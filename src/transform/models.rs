@@ -325,7 +325,8 @@ impl<'a> Runner<'a> {
         let name = model.name.as_str();
         let mut report = ModelReport::new(name, ModelStatus::Published);
         let old = self.lake.read_manifest(name).await.map_err(no_checks)?;
-        remove_orphans(self.lake, name, old.as_ref())
+        self.lake
+            .remove_orphans(name, old.as_ref())
             .await
             .map_err(no_checks)?;
 
@@ -775,28 +776,6 @@ async fn commit(lake: &Lake, next: &mut Manifest) -> Result<()> {
     next.version += 1;
     next.committed_at = chrono::Utc::now().to_rfc3339();
     lake.write_manifest(next).await
-}
-
-/// Deletes Parquet files under the model's folder that its manifest does not list
-/// (a run that died before its commit).
-async fn remove_orphans(lake: &Lake, name: &str, manifest: Option<&Manifest>) -> Result<()> {
-    let live = manifest.map(|m| m.live_files()).unwrap_or_default();
-    let orphans: Vec<String> = lake
-        .list(name)
-        .await?
-        .into_iter()
-        .map(|(path, _)| path)
-        .filter(|p| p.ends_with(".parquet") && !live.contains(p.as_str()))
-        .collect();
-    if !orphans.is_empty() {
-        warn!(
-            files = orphans.len(),
-            "Removing files left by an interrupted run."
-        );
-        lake.delete_files(name, orphans.iter().map(String::as_str))
-            .await?;
-    }
-    Ok(())
 }
 
 /// What [`write_files`] wrote.
