@@ -180,6 +180,13 @@ pub struct TableConfig {
     /// deleted by ClickHouse and not loaded.
     #[serde(default)]
     pub retention_days: Option<u32>,
+    /// ClickHouse partition of the table: `day` (`toYYYYMMDD`, the default for
+    /// tables captured by watermark and for change tables) or `month`
+    /// (`toYYYYMM`, the default for `mode = "snapshot"`: one partition per month
+    /// of `snapshot_date`). The lake stays partitioned by day either way; a
+    /// month partition is replaced whole, its other days copied from the table.
+    #[serde(default)]
+    pub clickhouse_partition: Option<PartitionGrain>,
     /// Rows per Arrow batch read from the source.
     #[serde(default = "default_batch_rows")]
     pub batch_rows: usize,
@@ -223,6 +230,16 @@ pub enum CaptureMode {
     /// deletes since the last one until caught up (same change rows as
     /// `snapshot_diff`). Needs a replica set (or sharded cluster).
     ChangeStream,
+}
+
+/// The span of one ClickHouse partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionGrain {
+    /// `PARTITION BY toYYYYMMDD(col)`.
+    Day,
+    /// `PARTITION BY toYYYYMM(col)`.
+    Month,
 }
 
 /// How nested MongoDB documents and arrays become columns.
@@ -419,6 +436,12 @@ fn validate_snapshot_table(t: &TableConfig, mongo: bool) -> Result<(), ConfigErr
             "must be \"snapshot\", \"snapshot_diff\" or \"change_stream\" for a MongoDB source (a collection has no watermark column)",
         ));
     }
+    if t.mode != CaptureMode::Snapshot && t.clickhouse_partition == Some(PartitionGrain::Month) {
+        return Err(invalid(
+            "clickhouse_partition",
+            "\"month\" is for watermark and snapshot tables; the change and current-state tables of snapshot_diff and change_stream are partitioned by day",
+        ));
+    }
     match &t.collection {
         Some(c) if !c.is_empty() => {}
         _ => return Err(invalid("collection", "must name the MongoDB collection")),
@@ -470,6 +493,15 @@ fn validate_snapshot_table(t: &TableConfig, mongo: bool) -> Result<(), ConfigErr
 }
 
 impl TableConfig {
+    /// The table's ClickHouse partition: as configured, else by month for
+    /// snapshots (one snapshot a day) and by day for everything else.
+    pub fn clickhouse_grain(&self) -> PartitionGrain {
+        self.clickhouse_partition.unwrap_or(match self.mode {
+            CaptureMode::Snapshot => PartitionGrain::Month,
+            _ => PartitionGrain::Day,
+        })
+    }
+
     /// The key fields: `key`, or `["_id"]` for a snapshot table without one.
     pub fn key_fields(&self) -> Vec<String> {
         if self.key.is_empty() && self.mode != CaptureMode::Watermark {

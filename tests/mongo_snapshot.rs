@@ -397,3 +397,81 @@ async fn snapshot_read_in_parallel_key_ranges_gives_the_same_rows() {
     assert_eq!(lake_rows(&prefix).await.len(), 242);
     ch_exec(&format!("DROP DATABASE IF EXISTS `{ch_db}`")).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_share_a_month_partition_and_a_rerun_keeps_the_other_days() {
+    let db = unique("mongo_snap_month");
+    let coll = collection(&db, "users").await;
+    coll.insert_many(vec![
+        doc! { "_id": oid(1), "uid": "UID00000001" },
+        doc! { "_id": oid(2), "uid": "UID00000002" },
+    ])
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("mongo_snap_month_lake");
+    let ch_db = unique("mongo_snap_month_ch");
+    let path = write_config(&dir, &config(&db, &prefix, &ch_db, "snapshot", ""));
+    let per_day = || {
+        let sql = format!(
+            "SELECT _partition_id, toString(snapshot_date), count() FROM `{ch_db}`.users \
+             GROUP BY 1, 2 ORDER BY 2"
+        );
+        async move { ch_lines(&sql).await }
+    };
+
+    run_on(&path, "2026-03-10");
+    coll.insert_one(doc! { "_id": oid(3), "uid": "UID00000003" })
+        .await
+        .unwrap();
+    run_on(&path, "2026-03-11");
+    assert_eq!(
+        per_day().await,
+        vec!["202603|2026-03-10|2", "202603|2026-03-11|3"]
+    );
+
+    // Rerunning a day replaces that day only; its month's other day stays.
+    coll.delete_one(doc! { "_id": oid(1) }).await.unwrap();
+    run_on(&path, "2026-03-11");
+    assert_eq!(
+        per_day().await,
+        vec!["202603|2026-03-10|2", "202603|2026-03-11|2"]
+    );
+    run_on(&path, "2026-04-01");
+    assert_eq!(
+        per_day().await,
+        vec![
+            "202603|2026-03-10|2",
+            "202603|2026-03-11|2",
+            "202604|2026-04-01|2"
+        ]
+    );
+    let key = ch_lines(&format!(
+        "SELECT partition_key FROM system.tables WHERE database = '{ch_db}' AND name = 'users'"
+    ))
+    .await;
+    assert_eq!(key, vec!["toYYYYMM(snapshot_date)"]);
+
+    // A config that now asks for day partitions is refused, naming the fix.
+    let path = write_config(
+        &dir,
+        &config(
+            &db,
+            &prefix,
+            &ch_db,
+            "snapshot",
+            "clickhouse_partition = \"day\"",
+        ),
+    );
+    let out = sluice(
+        &["run", "--config", path.to_str().unwrap()],
+        &[("SLUICE_SNAPSHOT_DATE", "2026-04-02")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("clickhouse_partition = \"month\""),
+        "{stderr}"
+    );
+    ch_exec(&format!("DROP DATABASE IF EXISTS `{ch_db}`")).await;
+}

@@ -2,6 +2,8 @@
 
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
+use crate::config::PartitionGrain;
+
 /// Quotes a ClickHouse identifier.
 pub fn ident(name: &str) -> String {
     format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
@@ -86,6 +88,7 @@ pub struct TableLayout<'a> {
     pub partition_column: &'a str,
     pub key: &'a [String],
     pub retention_days: Option<u32>,
+    pub grain: PartitionGrain,
 }
 
 impl TableLayout<'_> {
@@ -126,7 +129,7 @@ impl TableLayout<'_> {
             ident(self.database),
             ident(self.table),
             columns.join(",\n"),
-            partition_expression(self.partition_column),
+            partition_expression_for(self.partition_column, self.grain),
         ))
     }
 }
@@ -150,8 +153,27 @@ pub fn partition_expression(column: &str) -> String {
 }
 
 /// The ClickHouse partition ID of a lake day `YYYY-MM-DD`.
+/// `PARTITION BY` of a table partitioned by `column` at `grain`.
+pub fn partition_expression_for(column: &str, grain: PartitionGrain) -> String {
+    match grain {
+        PartitionGrain::Day => partition_expression(column),
+        PartitionGrain::Month => format!("toYYYYMM({})", ident(column)),
+    }
+}
+
+/// ClickHouse's partition ID of a lake day (`YYYY-MM-DD`) in a table partitioned
+/// by day (`YYYYMMDD`).
 pub fn partition_id(day: &str) -> String {
     day.replace('-', "")
+}
+
+/// The partition ID holding lake day `day` at `grain`: `YYYYMMDD` or `YYYYMM`.
+pub fn partition_id_for(day: &str, grain: PartitionGrain) -> String {
+    let id = partition_id(day);
+    match grain {
+        PartitionGrain::Day => id,
+        PartitionGrain::Month => id.chars().take(6).collect(),
+    }
 }
 
 #[cfg(test)]
@@ -178,10 +200,31 @@ mod tests {
             partition_column: "created_at",
             key: &key,
             retention_days: Some(90),
+            grain: PartitionGrain::Day,
         };
         assert_eq!(
             layout.create_table().unwrap(),
             "CREATE TABLE IF NOT EXISTS `db`.`t` (\n    `id` Int64,\n    `amount` Nullable(Decimal(38, 10)),\n    `created_at` DateTime64(6, 'UTC'),\n    `we\\`ird` String\n)\nENGINE = MergeTree\nPARTITION BY toYYYYMMDD(`created_at`)\nORDER BY (`id`)\nTTL toDate(`created_at`) + toIntervalDay(90) DELETE"
+        );
+        let monthly = TableLayout {
+            grain: PartitionGrain::Month,
+            ..layout
+        };
+        assert!(monthly
+            .create_table()
+            .unwrap()
+            .contains("\nPARTITION BY toYYYYMM(`created_at`)\n"));
+    }
+
+    #[test]
+    fn partition_ids_per_grain() {
+        assert_eq!(
+            partition_id_for("2026-03-09", PartitionGrain::Day),
+            "20260309"
+        );
+        assert_eq!(
+            partition_id_for("2026-03-09", PartitionGrain::Month),
+            "202603"
         );
     }
 

@@ -8,11 +8,11 @@ use arrow::datatypes::Schema;
 use clickhouse::Client;
 use tracing::Instrument;
 
-use crate::config::{ClickHouseConfig, TableConfig};
+use crate::config::{ClickHouseConfig, PartitionGrain, TableConfig};
 use crate::error::{chain, redact, register_secret, Error, Result};
 use crate::lake::manifest::PartitionEntry;
 use crate::lake::{Lake, LakeLocation};
-use ddl::{ident, partition_id, string, TableLayout};
+use ddl::{ident, partition_id, partition_id_for, string, TableLayout};
 
 /// A connection to the warehouse and what it needs to read the lake.
 pub struct Warehouse {
@@ -104,11 +104,13 @@ impl Warehouse {
             partition_column: &config.partition_by,
             key: &config.key,
             retention_days: config.retention_days,
+            grain: config.clickhouse_grain(),
         };
         let ddl = layout
             .create_table()
             .map_err(|e| Error::warehouse(name, e))?;
         self.execute(name, &ddl).await?;
+        self.check_grain(name, layout.grain).await?;
         let columns = layout
             .column_types()
             .map_err(|e| Error::warehouse(name, e))?;
@@ -122,6 +124,43 @@ impl Warehouse {
             &format!("CREATE TABLE {stage} AS {}", self.qualified(name)),
         )
         .await
+    }
+
+    /// Refuses a table that exists with another partition grain than the config's:
+    /// loading days into month partitions (or the reverse) would replace the
+    /// wrong rows.
+    async fn check_grain(&self, name: &str, grain: PartitionGrain) -> Result<()> {
+        let keys = retry(name, || {
+            self.client
+                .query_raw(&format!(
+                    "SELECT partition_key FROM system.tables WHERE database = {} AND name = {}",
+                    string(&self.database),
+                    string(name)
+                ))
+                .fetch_all::<String>()
+        })
+        .await?;
+        let Some(key) = keys.first() else {
+            return Ok(());
+        };
+        let actual = if key.starts_with("toYYYYMMDD(") {
+            PartitionGrain::Day
+        } else if key.starts_with("toYYYYMM(") {
+            PartitionGrain::Month
+        } else {
+            return Ok(());
+        };
+        if actual == grain {
+            return Ok(());
+        }
+        Err(Error::warehouse(
+            name,
+            format!(
+                "the ClickHouse table is partitioned by {key} but the config asks for {} partitions; set clickhouse_partition = \"{}\" to keep the table, or drop it so that it is created and loaded again",
+                grain_name(grain),
+                grain_name(actual)
+            ),
+        ))
     }
 
     /// Brings an existing table's columns to the lake's schema: adds new columns and
@@ -258,58 +297,15 @@ impl Warehouse {
         columns: &[String],
         days: &[(String, PartitionEntry)],
     ) -> Result<Vec<(String, u64)>> {
+        if config.clickhouse_grain() == PartitionGrain::Month {
+            return self.load_batch_by_month(config, columns, days).await;
+        }
         let name = &config.name;
         let target = self.qualified(name);
         let stage = self.qualified(&Self::staging_table(name));
         let truncate = format!("TRUNCATE TABLE {stage}");
         self.execute(name, &truncate).await?;
-        let files: Vec<&str> = days
-            .iter()
-            .flat_map(|(_, p)| p.files.iter().map(|f| f.path.as_str()))
-            .collect();
-        if !files.is_empty() {
-            let column_list = columns
-                .iter()
-                .map(|c| ident(c))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                // The lake's folders are `col=day`: without use_hive_partitioning = 0
-                // ClickHouse would read the partition column from the path (a date)
-                // instead of the file. s3_retry_attempts: ClickHouse's default
-                // (hundreds) would stall the load for many minutes when the lake is
-                // unreachable; sluice retries the whole load itself.
-                // max_partitions_per_insert_block: a batch holds at most
-                // days_per_load days.
-                "INSERT INTO {stage} ({column_list}) SELECT {column_list} FROM {} \
-                 SETTINGS use_hive_partitioning = 0, s3_retry_attempts = 3, \
-                 max_partitions_per_insert_block = {}",
-                self.s3_call(name, &files),
-                self.days_per_load.max(100)
-            );
-            // Not repeatable as such (a lost answer may hide a done insert): each
-            // retry starts again from an empty staging table.
-            let mut delay = FIRST_RETRY_DELAY;
-            for attempt in 1..=ATTEMPTS {
-                match self
-                    .client
-                    .query_raw(&sql)
-                    .execute()
-                    .instrument(client_span())
-                    .await
-                {
-                    Ok(()) => break,
-                    Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
-                        tracing::warn!(table = %name, attempt, error = %redact(&chain(&e)), "ClickHouse insert failed; retrying.");
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
-                        self.execute(name, &truncate).await?;
-                    }
-                    Err(e) => return Err(Error::warehouse(name, chain(&e))),
-                }
-            }
-            crate::fault::point("warehouse.after_stage_insert");
-        }
+        self.insert_files(name, &stage, columns, days).await?;
         let staged = self.counts_by_partition(name, &stage, None).await?;
         let expected: Vec<(String, String, u64)> = days
             .iter()
@@ -369,6 +365,205 @@ impl Warehouse {
         }
         self.execute(name, &truncate).await?;
         Ok(result)
+    }
+
+    /// Inserts the lake files of `days` into the staging table `stage` (qualified)
+    /// with one `INSERT … SELECT FROM s3(…)`; a transient failure empties the
+    /// staging table and tries again.
+    async fn insert_files(
+        &self,
+        name: &str,
+        stage: &str,
+        columns: &[String],
+        days: &[(String, PartitionEntry)],
+    ) -> Result<()> {
+        let truncate = format!("TRUNCATE TABLE {stage}");
+        let files: Vec<&str> = days
+            .iter()
+            .flat_map(|(_, p)| p.files.iter().map(|f| f.path.as_str()))
+            .collect();
+        if !files.is_empty() {
+            let column_list = columns
+                .iter()
+                .map(|c| ident(c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                // The lake's folders are `col=day`: without use_hive_partitioning = 0
+                // ClickHouse would read the partition column from the path (a date)
+                // instead of the file. s3_retry_attempts: ClickHouse's default
+                // (hundreds) would stall the load for many minutes when the lake is
+                // unreachable; sluice retries the whole load itself.
+                // max_partitions_per_insert_block: a batch holds at most
+                // days_per_load days.
+                "INSERT INTO {stage} ({column_list}) SELECT {column_list} FROM {} \
+                 SETTINGS use_hive_partitioning = 0, s3_retry_attempts = 3, \
+                 max_partitions_per_insert_block = {}",
+                self.s3_call(name, &files),
+                self.days_per_load.max(100)
+            );
+            // Not repeatable as such (a lost answer may hide a done insert): each
+            // retry starts again from an empty staging table.
+            let mut delay = FIRST_RETRY_DELAY;
+            for attempt in 1..=ATTEMPTS {
+                match self
+                    .client
+                    .query_raw(&sql)
+                    .execute()
+                    .instrument(client_span())
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
+                        tracing::warn!(table = %name, attempt, error = %redact(&chain(&e)), "ClickHouse insert failed; retrying.");
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                        self.execute(name, &truncate).await?;
+                    }
+                    Err(e) => return Err(Error::warehouse(name, chain(&e))),
+                }
+            }
+            crate::fault::point("warehouse.after_stage_insert");
+        }
+        Ok(())
+    }
+
+    /// [`Self::load_batch`] for a table partitioned by month: the lake's files of
+    /// `days` are staged, then the other days of their months are copied from the
+    /// table itself (they are loaded already, or they would be among `days`), the
+    /// staged rows of every day are counted against the lake and the table, and
+    /// each month is swapped in whole by `REPLACE PARTITION`.
+    async fn load_batch_by_month(
+        &self,
+        config: &TableConfig,
+        columns: &[String],
+        days: &[(String, PartitionEntry)],
+    ) -> Result<Vec<(String, u64)>> {
+        let name = &config.name;
+        let target = self.qualified(name);
+        let stage = self.qualified(&Self::staging_table(name));
+        let truncate = format!("TRUNCATE TABLE {stage}");
+        let day_of = format!("toString(toDate32({}))", ident(&config.partition_by));
+        let months: std::collections::BTreeSet<String> = days
+            .iter()
+            .map(|(day, _)| partition_id_for(day, PartitionGrain::Month))
+            .collect();
+        let month_list = months
+            .iter()
+            .map(|m| string(m))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let day_list = days
+            .iter()
+            .map(|(d, _)| string(d))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let kept_filter =
+            format!("_partition_id IN ({month_list}) AND {day_of} NOT IN ({day_list})");
+
+        self.execute(name, &truncate).await?;
+        self.insert_files(name, &stage, columns, days).await?;
+        let kept = self
+            .counts_by_day(name, &day_of, &target, &kept_filter)
+            .await?;
+        if !kept.is_empty() {
+            // Once only: a lost answer may hide a done insert, and a second copy
+            // would double the kept days. A failure leaves the days pending.
+            self.client
+                .query_raw(&format!(
+                    "INSERT INTO {stage} SELECT * FROM {target} WHERE {kept_filter} \
+                     SETTINGS optimize_on_insert = 0"
+                ))
+                .execute()
+                .instrument(client_span())
+                .await
+                .map_err(|e| Error::warehouse(name, chain(&e)))?;
+        }
+        let staged = self.counts_by_day(name, &day_of, &stage, "1").await?;
+        for (day, rows) in &staged {
+            let expected = days
+                .iter()
+                .find(|(d, _)| d == day)
+                .map(|(_, p)| p.rows)
+                .or_else(|| kept.get(day).copied());
+            if expected != Some(*rows) {
+                return Err(Error::warehouse(
+                    name,
+                    format!(
+                        "day {day}: staged {rows} rows, expected {}; nothing was replaced",
+                        expected.map_or("none (not a day of this load)".into(), |r| r.to_string())
+                    ),
+                ));
+            }
+        }
+        for (day, partition) in days {
+            let got = staged.get(day).copied().unwrap_or(0);
+            if got != partition.rows {
+                return Err(Error::warehouse(
+                    name,
+                    format!(
+                        "partition {day}: staged {got} rows but the lake has {}; nothing was replaced",
+                        partition.rows
+                    ),
+                ));
+            }
+        }
+        let swaps: Vec<String> = months
+            .iter()
+            .map(|month| {
+                let empty = !staged
+                    .iter()
+                    .any(|(d, r)| *r > 0 && partition_id_for(d, PartitionGrain::Month) == *month);
+                if empty {
+                    format!("DROP PARTITION ID {}", string(month))
+                } else {
+                    format!("REPLACE PARTITION ID {} FROM {stage}", string(month))
+                }
+            })
+            .collect();
+        self.execute(name, &format!("ALTER TABLE {target} {}", swaps.join(", ")))
+            .await?;
+        crate::fault::point("warehouse.after_replace");
+        let loaded = self
+            .counts_by_day(name, &day_of, &target, &format!("{day_of} IN ({day_list})"))
+            .await?;
+        let mut result = Vec::with_capacity(days.len());
+        for (day, partition) in days {
+            let got = loaded.get(day).copied().unwrap_or(0);
+            if got != partition.rows {
+                return Err(Error::warehouse(
+                    name,
+                    format!(
+                        "day {day}: {got} rows after REPLACE PARTITION, expected {}",
+                        partition.rows
+                    ),
+                ));
+            }
+            result.push((day.clone(), got));
+        }
+        self.execute(name, &truncate).await?;
+        Ok(result)
+    }
+
+    /// Rows per day (`day_of`, an SQL expression giving `YYYY-MM-DD`) of the
+    /// qualified table `table` where `filter` holds.
+    async fn counts_by_day(
+        &self,
+        name: &str,
+        day_of: &str,
+        table: &str,
+        filter: &str,
+    ) -> Result<std::collections::HashMap<String, u64>> {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct DayCount {
+            day: String,
+            rows: u64,
+        }
+        let sql = format!(
+            "SELECT {day_of} AS day, count() AS rows FROM {table} WHERE {filter} GROUP BY day"
+        );
+        let rows = retry(name, || self.client.query_raw(&sql).fetch_all::<DayCount>()).await?;
+        Ok(rows.into_iter().map(|r| (r.day, r.rows)).collect())
     }
 
     /// Rows per partition ID of the qualified table `table`, optionally only for the
@@ -462,6 +657,13 @@ impl Warehouse {
 /// response fields into the current span, which would otherwise be the table's.
 fn client_span() -> tracing::Span {
     tracing::info_span!("clickhouse")
+}
+
+fn grain_name(grain: PartitionGrain) -> &'static str {
+    match grain {
+        PartitionGrain::Day => "day",
+        PartitionGrain::Month => "month",
+    }
 }
 
 /// Attempts per ClickHouse statement when the failure is transient.
@@ -606,6 +808,7 @@ impl Warehouse {
             partition_column,
             key,
             retention_days: None,
+            grain: crate::config::PartitionGrain::Day,
         }
         .create_table_with_engine(engine)
         .map_err(|e| Error::warehouse(table, e))?;
