@@ -23,7 +23,7 @@ use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -262,7 +262,30 @@ impl Lake {
         path: Path,
         size: u64,
         batch_rows: usize,
-    ) -> Result<impl Stream<Item = Result<RecordBatch>> + Send + use<>> {
+    ) -> Result<futures::stream::BoxStream<'static, Result<RecordBatch>>> {
+        if size <= WHOLE_GET_BYTES {
+            // One GET instead of the footer, metadata and column-chunk ranges: a
+            // small file costs one round trip (a merge reads hundreds of them).
+            let bytes = self
+                .store
+                .get(&path)
+                .await
+                .map_err(|e| Error::lake(format!("reading {path}: {e}")))?
+                .bytes()
+                .await
+                .map_err(|e| Error::lake(format!("reading {path}: {e}")))?;
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .map_err(|e| Error::lake(format!("opening {path}: {e}")))?
+                    .with_batch_size(batch_rows)
+                    .build()
+                    .map_err(|e| Error::lake(format!("reading {path}: {e}")))?;
+            let shown = path.clone();
+            return Ok(futures::stream::iter(
+                reader.map(move |b| b.map_err(|e| Error::lake(format!("reading {shown}: {e}")))),
+            )
+            .boxed());
+        }
         let reader = LakeFileReader {
             store: Arc::clone(&self.store),
             path: path.clone(),
@@ -274,9 +297,12 @@ impl Lake {
             .with_batch_size(batch_rows)
             .build()
             .map_err(|e| Error::lake(format!("reading {path}: {e}")))?;
-        Ok(stream.map(move |b| b.map_err(Error::from)))
+        Ok(stream.map(move |b| b.map_err(Error::from)).boxed())
     }
 }
+
+/// Lake files up to this size are read with one whole-object GET.
+const WHOLE_GET_BYTES: u64 = 8 << 20;
 
 /// Reads a Parquet object of known size with ranged GETs (the size comes from the
 /// manifest, so no suffix request is needed: not every S3 server supports them).
