@@ -218,3 +218,105 @@ async fn read_manifest(prefix: &str) -> serde_json::Value {
         .unwrap();
     serde_json::from_slice(&bytes).unwrap()
 }
+
+/// `clickhouse_partition = "month"` on a watermark table: ClickHouse holds one
+/// partition per month while the lake stays daily, and an update to one day
+/// replaces its month without losing or doubling the month's other days.
+#[tokio::test(flavor = "multi_thread")]
+async fn month_partitions_keep_the_other_days_of_the_month() {
+    let name = unique("e2emonth");
+    let pg = PgDb::create(&name).await;
+    // 600 rows, one every 2 hours from 2026-09-20 02:00 to 2026-11-09 00:00: 51 days
+    // over three months.
+    pg.exec(
+        "CREATE TABLE transactions (
+            id bigint PRIMARY KEY,
+            user_id int NOT NULL,
+            amount numeric(12,2) NOT NULL,
+            status text,
+            created_at timestamptz NOT NULL,
+            updated_at timestamptz NOT NULL);
+         INSERT INTO transactions
+         SELECT g, g % 17, (g * 1.25)::numeric(12,2), 'SUCCESS',
+                timestamptz '2026-09-20 00:00:00+00' + g * interval '2 hours',
+                timestamptz '2026-11-30 00:00:00+00' + (g % 7) * interval '1 second'
+         FROM generate_series(1, 600) g;",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&name, &pg.url, &name).replace(
+        "retention_days = 30\n",
+        "clickhouse_partition = \"month\"\n",
+    );
+    assert!(cfg.contains("month"));
+    let cfg = write_config(&dir, &cfg);
+    let months = |db: &str| {
+        format!("SELECT _partition_id, count() FROM `{db}`.transactions GROUP BY 1 ORDER BY 1")
+    };
+    const SOURCE_MONTHS: &str = "SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYYMM'), \
+         count(*)::text FROM transactions GROUP BY 1 ORDER BY 1";
+    let run = |cfg: std::path::PathBuf| tokio::task::spawn_blocking(move || sluice_run_ok(&cfg));
+
+    run(cfg.clone()).await.unwrap();
+    assert_eq!(
+        ch_lines(&months(&name)).await,
+        pg.lines(SOURCE_MONTHS).await,
+        "rows per ClickHouse month partition"
+    );
+    assert_eq!(
+        ch_lines(&months(&name)).await.len(),
+        3,
+        "September, October, November"
+    );
+    assert_eq!(
+        pg.lines(SOURCE_ROWS).await,
+        ch_lines(&warehouse_rows(&name)).await
+    );
+    let lake_days = read_manifest(&name).await["partitions"]
+        .as_object()
+        .unwrap()
+        .len();
+    let source_days = pg
+        .lines(
+            "SELECT count(DISTINCT (created_at AT TIME ZONE 'UTC')::date)::text FROM transactions",
+        )
+        .await;
+    assert_eq!(
+        vec![lake_days.to_string()],
+        source_days,
+        "the lake stays partitioned by day"
+    );
+    assert!(lake_days > 50);
+
+    // One row changed on 2026-10-05 and a new row on 2026-10-06: October is
+    // rebuilt from those two lake days and its 29 other days in ClickHouse.
+    pg.exec(
+        "UPDATE transactions SET amount = 7.77, status = 'REFUNDED',
+                updated_at = timestamptz '2026-12-01 00:00:00+00' WHERE id = 186;
+         INSERT INTO transactions VALUES (601, 1, 1.00, 'SUCCESS',
+                timestamptz '2026-10-06 12:00:00+00', timestamptz '2026-12-01 00:00:01+00');",
+    )
+    .await;
+    assert_eq!(
+        pg.lines("SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') FROM transactions WHERE id = 186")
+            .await,
+        vec!["2026-10-05".to_string()]
+    );
+    run(cfg.clone()).await.unwrap();
+    assert_eq!(
+        pg.lines(SOURCE_ROWS).await,
+        ch_lines(&warehouse_rows(&name)).await,
+        "every row once, the update applied"
+    );
+    assert_eq!(
+        ch_lines(&months(&name)).await,
+        pg.lines(SOURCE_MONTHS).await
+    );
+
+    // A rerun changes nothing.
+    let before = ch_lines(&warehouse_rows(&name)).await;
+    run(cfg.clone()).await.unwrap();
+    assert_eq!(ch_lines(&warehouse_rows(&name)).await, before);
+
+    pg.drop().await;
+}
