@@ -152,7 +152,6 @@ pub fn partition_expression(column: &str) -> String {
     format!("toYYYYMMDD({})", ident(column))
 }
 
-/// The ClickHouse partition ID of a lake day `YYYY-MM-DD`.
 /// `PARTITION BY` of a table partitioned by `column` at `grain`.
 pub fn partition_expression_for(column: &str, grain: PartitionGrain) -> String {
     match grain {

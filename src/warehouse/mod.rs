@@ -131,14 +131,7 @@ impl Warehouse {
             .map_err(|e| Error::warehouse(name, e))?;
         self.sync_columns(name, &columns).await?;
         // The staging twin is made afresh: the target may just have gained columns.
-        let stage = self.qualified(&Self::staging_table(name));
-        self.execute(name, &format!("DROP TABLE IF EXISTS {stage}"))
-            .await?;
-        self.execute(
-            name,
-            &format!("CREATE TABLE {stage} AS {}", self.qualified(name)),
-        )
-        .await
+        self.reset_stage(name).await
     }
 
     /// Refuses a table that exists with another partition grain than the config's:
@@ -306,53 +299,105 @@ impl Warehouse {
         Ok(loaded)
     }
 
+    /// Loads `days` (at most `days_per_load`) into their ClickHouse partitions: the
+    /// lake's files of `days` are staged; in a table partitioned by month the other
+    /// days of their months are copied from the table itself (they are loaded
+    /// already, or they would be among `days`); the staged rows of every day are
+    /// counted against the lake and the table, and each partition is swapped in
+    /// whole by one `ALTER … REPLACE PARTITION`. A failed check replaces nothing.
     async fn load_batch(
         &self,
         config: &TableConfig,
         columns: &[String],
         days: &[(String, PartitionEntry)],
     ) -> Result<Vec<(String, u64)>> {
-        if config.clickhouse_grain() == PartitionGrain::Month {
-            return self.load_batch_by_month(config, columns, days).await;
-        }
         let name = &config.name;
+        let grain = config.clickhouse_grain();
         let target = self.qualified(name);
         let stage = self.qualified(&Self::staging_table(name));
+        let day_of = format!("toString(toDate32({}))", ident(&config.partition_by));
+        let partitions: std::collections::BTreeSet<String> = days
+            .iter()
+            .map(|(day, _)| partition_id_for(day, grain))
+            .collect();
+        let partition_list = partitions
+            .iter()
+            .map(|p| string(p))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let day_list = days
+            .iter()
+            .map(|(d, _)| string(d))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // `_partition_id` first: ClickHouse reads only those partitions.
+        let in_partitions = format!("_partition_id IN ({partition_list})");
+
         self.reset_stage(name).await?;
         self.insert_files(name, &stage, columns, days).await?;
-        let staged = self.counts_by_partition(name, &stage, None).await?;
-        let expected: Vec<(String, String, u64)> = days
-            .iter()
-            .map(|(day, p)| (day.clone(), partition_id(day), p.rows))
-            .collect();
-        for (id, rows) in &staged {
-            if !expected.iter().any(|(_, e, _)| e == id) {
+        let kept = match grain {
+            // A day partition holds one day: nothing else to keep.
+            PartitionGrain::Day => std::collections::HashMap::new(),
+            PartitionGrain::Month => {
+                let kept_filter = format!("{in_partitions} AND {day_of} NOT IN ({day_list})");
+                let kept = self
+                    .counts_by_day(name, &day_of, &target, &kept_filter)
+                    .await?;
+                if !kept.is_empty() {
+                    // Once only: a lost answer may hide a done insert, and a second
+                    // copy would double the kept days. A failure leaves the days
+                    // pending.
+                    self.client
+                        .query_raw(&format!(
+                            "INSERT INTO {stage} SELECT * FROM {target} WHERE {kept_filter} \
+                             SETTINGS optimize_on_insert = 0"
+                        ))
+                        .execute()
+                        .instrument(client_span())
+                        .await
+                        .map_err(|e| Error::warehouse(name, chain(&e)))?;
+                }
+                kept
+            }
+        };
+        let staged = self.counts_by_day(name, &day_of, &stage, "1").await?;
+        for (day, rows) in &staged {
+            let expected = days
+                .iter()
+                .find(|(d, _)| d == day)
+                .map(|(_, p)| p.rows)
+                .or_else(|| kept.get(day).copied());
+            if expected != Some(*rows) {
                 return Err(Error::warehouse(
                     name,
                     format!(
-                        "{rows} staged rows fall in ClickHouse partition {id}, which is not \
-                         among the days loaded; nothing was replaced"
+                        "day {day}: staged {rows} rows, expected {}; nothing was replaced",
+                        expected.map_or("none (not a day of this load)".into(), |r| r.to_string())
                     ),
                 ));
             }
         }
-        for (day, id, rows) in &expected {
-            let got = staged.get(id).copied().unwrap_or(0);
-            if got != *rows {
+        for (day, partition) in days {
+            let got = staged.get(day).copied().unwrap_or(0);
+            if got != partition.rows {
                 return Err(Error::warehouse(
                     name,
                     format!(
-                        "partition {day}: staged {got} rows but the lake has {rows}; nothing was replaced"
+                        "partition {day}: staged {got} rows but the lake has {}; nothing was replaced",
+                        partition.rows
                     ),
                 ));
             }
         }
         // REPLACE from an empty source is refused by some ClickHouse versions; an
-        // emptied day is a DROP.
-        let swaps: Vec<String> = expected
+        // emptied partition is a DROP.
+        let swaps: Vec<String> = partitions
             .iter()
-            .map(|(_, id, rows)| {
-                if *rows == 0 {
+            .map(|id| {
+                let empty = !staged
+                    .iter()
+                    .any(|(d, r)| *r > 0 && partition_id_for(d, grain) == *id);
+                if empty {
                     format!("DROP PARTITION ID {}", string(id))
                 } else {
                     format!("REPLACE PARTITION ID {} FROM {stage}", string(id))
@@ -362,20 +407,27 @@ impl Warehouse {
         self.execute(name, &format!("ALTER TABLE {target} {}", swaps.join(", ")))
             .await?;
         crate::fault::point("warehouse.after_replace");
-        let ids: Vec<String> = expected.iter().map(|(_, id, _)| string(id)).collect();
         let loaded = self
-            .counts_by_partition(name, &target, Some(&ids.join(", ")))
+            .counts_by_day(
+                name,
+                &day_of,
+                &target,
+                &format!("{in_partitions} AND {day_of} IN ({day_list})"),
+            )
             .await?;
-        let mut result = Vec::with_capacity(expected.len());
-        for (day, id, rows) in expected {
-            let got = loaded.get(&id).copied().unwrap_or(0);
-            if got != rows {
+        let mut result = Vec::with_capacity(days.len());
+        for (day, partition) in days {
+            let got = loaded.get(day).copied().unwrap_or(0);
+            if got != partition.rows {
                 return Err(Error::warehouse(
                     name,
-                    format!("partition {day}: {got} rows after REPLACE PARTITION, expected {rows}"),
+                    format!(
+                        "day {day}: {got} rows after REPLACE PARTITION, expected {}",
+                        partition.rows
+                    ),
                 ));
             }
-            result.push((day, got));
+            result.push((day.clone(), got));
         }
         self.reset_stage(name).await?;
         Ok(result)
@@ -441,122 +493,6 @@ impl Warehouse {
         Ok(())
     }
 
-    /// [`Self::load_batch`] for a table partitioned by month: the lake's files of
-    /// `days` are staged, then the other days of their months are copied from the
-    /// table itself (they are loaded already, or they would be among `days`), the
-    /// staged rows of every day are counted against the lake and the table, and
-    /// each month is swapped in whole by `REPLACE PARTITION`.
-    async fn load_batch_by_month(
-        &self,
-        config: &TableConfig,
-        columns: &[String],
-        days: &[(String, PartitionEntry)],
-    ) -> Result<Vec<(String, u64)>> {
-        let name = &config.name;
-        let target = self.qualified(name);
-        let stage = self.qualified(&Self::staging_table(name));
-        let day_of = format!("toString(toDate32({}))", ident(&config.partition_by));
-        let months: std::collections::BTreeSet<String> = days
-            .iter()
-            .map(|(day, _)| partition_id_for(day, PartitionGrain::Month))
-            .collect();
-        let month_list = months
-            .iter()
-            .map(|m| string(m))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let day_list = days
-            .iter()
-            .map(|(d, _)| string(d))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let kept_filter =
-            format!("_partition_id IN ({month_list}) AND {day_of} NOT IN ({day_list})");
-
-        self.reset_stage(name).await?;
-        self.insert_files(name, &stage, columns, days).await?;
-        let kept = self
-            .counts_by_day(name, &day_of, &target, &kept_filter)
-            .await?;
-        if !kept.is_empty() {
-            // Once only: a lost answer may hide a done insert, and a second copy
-            // would double the kept days. A failure leaves the days pending.
-            self.client
-                .query_raw(&format!(
-                    "INSERT INTO {stage} SELECT * FROM {target} WHERE {kept_filter} \
-                     SETTINGS optimize_on_insert = 0"
-                ))
-                .execute()
-                .instrument(client_span())
-                .await
-                .map_err(|e| Error::warehouse(name, chain(&e)))?;
-        }
-        let staged = self.counts_by_day(name, &day_of, &stage, "1").await?;
-        for (day, rows) in &staged {
-            let expected = days
-                .iter()
-                .find(|(d, _)| d == day)
-                .map(|(_, p)| p.rows)
-                .or_else(|| kept.get(day).copied());
-            if expected != Some(*rows) {
-                return Err(Error::warehouse(
-                    name,
-                    format!(
-                        "day {day}: staged {rows} rows, expected {}; nothing was replaced",
-                        expected.map_or("none (not a day of this load)".into(), |r| r.to_string())
-                    ),
-                ));
-            }
-        }
-        for (day, partition) in days {
-            let got = staged.get(day).copied().unwrap_or(0);
-            if got != partition.rows {
-                return Err(Error::warehouse(
-                    name,
-                    format!(
-                        "partition {day}: staged {got} rows but the lake has {}; nothing was replaced",
-                        partition.rows
-                    ),
-                ));
-            }
-        }
-        let swaps: Vec<String> = months
-            .iter()
-            .map(|month| {
-                let empty = !staged
-                    .iter()
-                    .any(|(d, r)| *r > 0 && partition_id_for(d, PartitionGrain::Month) == *month);
-                if empty {
-                    format!("DROP PARTITION ID {}", string(month))
-                } else {
-                    format!("REPLACE PARTITION ID {} FROM {stage}", string(month))
-                }
-            })
-            .collect();
-        self.execute(name, &format!("ALTER TABLE {target} {}", swaps.join(", ")))
-            .await?;
-        crate::fault::point("warehouse.after_replace");
-        let loaded = self
-            .counts_by_day(name, &day_of, &target, &format!("{day_of} IN ({day_list})"))
-            .await?;
-        let mut result = Vec::with_capacity(days.len());
-        for (day, partition) in days {
-            let got = loaded.get(day).copied().unwrap_or(0);
-            if got != partition.rows {
-                return Err(Error::warehouse(
-                    name,
-                    format!(
-                        "day {day}: {got} rows after REPLACE PARTITION, expected {}",
-                        partition.rows
-                    ),
-                ));
-            }
-            result.push((day.clone(), got));
-        }
-        self.reset_stage(name).await?;
-        Ok(result)
-    }
-
     /// Rows per day (`day_of`, an SQL expression giving `YYYY-MM-DD`) of the
     /// qualified table `table` where `filter` holds.
     async fn counts_by_day(
@@ -576,31 +512,6 @@ impl Warehouse {
         );
         let rows = retry(name, || self.client.query_raw(&sql).fetch_all::<DayCount>()).await?;
         Ok(rows.into_iter().map(|r| (r.day, r.rows)).collect())
-    }
-
-    /// Rows per partition ID of the qualified table `table`, optionally only for the
-    /// partition IDs in `only` (a list of SQL string literals).
-    async fn counts_by_partition(
-        &self,
-        name: &str,
-        table: &str,
-        only: Option<&str>,
-    ) -> Result<std::collections::HashMap<String, u64>> {
-        #[derive(clickhouse::Row, serde::Deserialize)]
-        struct PartitionCount {
-            id: String,
-            rows: u64,
-        }
-        let filter = only
-            .map(|ids| format!(" WHERE _partition_id IN ({ids})"))
-            .unwrap_or_default();
-        let sql =
-            format!("SELECT _partition_id AS id, count() AS rows FROM {table}{filter} GROUP BY id");
-        let rows = retry(name, || {
-            self.client.query_raw(&sql).fetch_all::<PartitionCount>()
-        })
-        .await?;
-        Ok(rows.into_iter().map(|r| (r.id, r.rows)).collect())
     }
 
     /// `s3('<url of the files>', [key, secret,] 'Parquet')` for files given relative
