@@ -13,6 +13,15 @@ const SOURCE_PARTITIONS: &str =
     "SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYYMMDD'), count(*)::text \
      FROM transactions GROUP BY 1 ORDER BY 1";
 
+/// The source table of both tests.
+const CREATE_TRANSACTIONS: &str = "CREATE TABLE transactions (
+     id bigint PRIMARY KEY,
+     user_id int NOT NULL,
+     amount numeric(12,2) NOT NULL,
+     status text,
+     created_at timestamptz NOT NULL,
+     updated_at timestamptz NOT NULL);";
+
 fn warehouse_rows(db: &str) -> String {
     format!(
         "SELECT id, user_id, amount, status, formatDateTime(created_at, '%Y-%m-%d %H:%i:%S.%f'), \
@@ -27,22 +36,16 @@ fn warehouse_partitions(db: &str) -> String {
 /// Creates `transactions` with 600 rows over the last three days; 85 of them share
 /// the largest `updated_at`, so the first watermark has a wide boundary.
 async fn seed(pg: &PgDb) {
-    pg.exec(
-        "CREATE TABLE transactions (
-            id bigint PRIMARY KEY,
-            user_id int NOT NULL,
-            amount numeric(12,2) NOT NULL,
-            status text,
-            created_at timestamptz NOT NULL,
-            updated_at timestamptz NOT NULL);
+    pg.exec(&format!(
+        "{CREATE_TRANSACTIONS}
          CREATE TABLE run_base AS SELECT date_trunc('minute', now()) - interval '1 hour' AS base;
          INSERT INTO transactions
          SELECT g, g % 17, (g * 1.25)::numeric(12,2),
                 CASE WHEN g % 5 = 0 THEN 'FAILED' WHEN g % 11 = 0 THEN NULL ELSE 'SUCCESS' END,
                 date_trunc('day', now()) - interval '2 days' + g * interval '5 minutes',
                 (SELECT base FROM run_base) + (g % 7) * interval '1 second'
-         FROM generate_series(1, 600) g;",
-    )
+         FROM generate_series(1, 600) g;"
+    ))
     .await;
 }
 
@@ -228,20 +231,14 @@ async fn month_partitions_keep_the_other_days_of_the_month() {
     let pg = PgDb::create(&name).await;
     // 600 rows, one every 2 hours from 2026-09-20 02:00 to 2026-11-09 00:00: 51 days
     // over three months.
-    pg.exec(
-        "CREATE TABLE transactions (
-            id bigint PRIMARY KEY,
-            user_id int NOT NULL,
-            amount numeric(12,2) NOT NULL,
-            status text,
-            created_at timestamptz NOT NULL,
-            updated_at timestamptz NOT NULL);
+    pg.exec(&format!(
+        "{CREATE_TRANSACTIONS}
          INSERT INTO transactions
          SELECT g, g % 17, (g * 1.25)::numeric(12,2), 'SUCCESS',
                 timestamptz '2026-09-20 00:00:00+00' + g * interval '2 hours',
                 timestamptz '2026-11-30 00:00:00+00' + (g % 7) * interval '1 second'
-         FROM generate_series(1, 600) g;",
-    )
+         FROM generate_series(1, 600) g;"
+    ))
     .await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&name, &pg.url, &name).replace(
