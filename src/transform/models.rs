@@ -47,7 +47,7 @@ use crate::warehouse::Warehouse;
 
 /// The partition name of an unpartitioned model (its folder, and the ClickHouse
 /// partition ID of a table without `PARTITION BY`).
-pub const WHOLE_TABLE: &str = "all";
+pub const WHOLE_TABLE: &str = crate::warehouse::ddl::UNPARTITIONED;
 
 /// Which models to run.
 #[derive(Debug, Clone, Default)]

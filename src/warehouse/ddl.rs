@@ -160,6 +160,9 @@ pub fn partition_expression_for(column: &str, grain: PartitionGrain) -> String {
     }
 }
 
+/// ClickHouse's partition ID of a table without `PARTITION BY`: the whole table.
+pub const UNPARTITIONED: &str = "all";
+
 /// ClickHouse's partition ID of a lake day (`YYYY-MM-DD`) in a table partitioned
 /// by day (`YYYYMMDD`).
 pub fn partition_id(day: &str) -> String {

@@ -12,7 +12,7 @@ use crate::config::{ClickHouseConfig, PartitionGrain, TableConfig};
 use crate::error::{chain, redact, register_secret, Error, Result};
 use crate::lake::manifest::PartitionEntry;
 use crate::lake::{Lake, LakeLocation};
-use ddl::{ident, partition_id, partition_id_for, string, TableLayout};
+use ddl::{ident, partition_id, partition_id_for, string, TableLayout, UNPARTITIONED};
 
 /// A connection to the warehouse and what it needs to read the lake.
 pub struct Warehouse {
@@ -315,7 +315,13 @@ impl Warehouse {
         let grain = config.clickhouse_grain();
         let target = self.qualified(name);
         let stage = self.qualified(&Self::staging_table(name));
-        let day_of = format!("toString(toDate32({}))", ident(&config.partition_by));
+        let day_of = if config.partition_by.is_empty() {
+            // A table without a partition column (a model without `partition_by`)
+            // is one ClickHouse partition, `all`, loaded as the one "day" `all`.
+            string(UNPARTITIONED)
+        } else {
+            format!("toString(toDate32({}))", ident(&config.partition_by))
+        };
         let partitions: std::collections::BTreeSet<String> = days
             .iter()
             .map(|(day, _)| partition_id_for(day, grain))
