@@ -72,6 +72,9 @@ use crate::warehouse::Warehouse;
 /// How long one getMore waits for new events before answering with an empty
 /// batch, which ends the run ("caught up").
 const AWAIT: Duration = Duration::from_millis(500);
+/// How long empty batches that keep moving the resume token are read before a
+/// run stops following the stream (when the token's time cannot be read).
+const MAX_QUIET: Duration = Duration::from_secs(30);
 
 /// A MongoDB cluster time (a BSON timestamp): seconds and an ordinal within the
 /// second.
@@ -187,6 +190,22 @@ impl StreamPosition {
             )
         })
     }
+}
+
+/// The cluster time in a MongoDB resume token: its `_data` is a KeyString that
+/// starts with type byte 0x82 and the timestamp (seconds, then increment, both
+/// big-endian). `None` for tokens of another shape (SecantusDB's are hex BSON,
+/// whose time is minted when the token is, not the oplog position's).
+fn token_time(token: &ResumeToken) -> Option<ClusterTime> {
+    let bson = mongodb::bson::to_bson(token).ok()?;
+    let data = bson.as_document()?.get_str("_data").ok()?;
+    let hex = data.get(..18)?;
+    if !hex.is_ascii() || !hex[..2].eq_ignore_ascii_case("82") {
+        return None;
+    }
+    let t = u32::from_str_radix(&hex[2..10], 16).ok()?;
+    let i = u32::from_str_radix(&hex[10..18], 16).ok()?;
+    Some(ClusterTime { t, i })
 }
 
 fn token_json(token: &ResumeToken) -> Result<serde_json::Value> {
@@ -484,14 +503,31 @@ impl StreamRun<'_> {
         let mut events = 0u64;
         let mut skipped = 0u64;
         let mut same_time: (ClusterTime, HashMap<Vec<u8>, u32>) = (covered, HashMap::new());
+        let mut quiet_since: Option<std::time::Instant> = None;
         let caught_up = loop {
+            let before = stream.resume_token();
             let event: Option<ChangeStreamEvent<RawDocumentBuf>> = stream
                 .next_if_any()
                 .await
                 .map_err(|e| stream_error(&name, &position, e))?;
             let Some(event) = event else {
-                break true;
+                // An empty batch alone is not the end: a server that scanned only
+                // part of the oplog (other collections' entries) answers with no
+                // events and a moved postBatchResumeToken. Caught up is an empty
+                // batch that did not move it, or a token at or past `until`.
+                let after = stream.resume_token();
+                if after == before || after.as_ref().and_then(token_time) >= Some(until) {
+                    break true;
+                }
+                let since = *quiet_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= MAX_QUIET {
+                    // A busy server whose tokens sluice cannot read the time of:
+                    // stop here; the token is past everything read.
+                    break false;
+                }
+                continue;
             };
+            quiet_since = None;
             let time = event
                 .cluster_time
                 .map(ClusterTime::from_bson)
@@ -577,7 +613,12 @@ impl StreamRun<'_> {
         let new_token = if caught_up {
             covered = covered.max(until);
             stream.resume_token().or(last_token)
+        } else if quiet_since.is_some() {
+            // Stopped on empty batches: the stream's token is past every event
+            // seen, and no event was read beyond it.
+            stream.resume_token().or(last_token)
         } else {
+            // Stopped on an event after `until`: resume right before it.
             last_token
         };
         let rows: u64 = files
@@ -785,6 +826,33 @@ impl ChangeColumns {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resume_token(data: &str) -> ResumeToken {
+        mongodb::bson::from_bson(Bson::Document(doc! { "_data": data })).unwrap()
+    }
+
+    #[test]
+    fn token_time_reads_mongodb_keystrings_only() {
+        // MongoDB's shape: 0x82, Timestamp(0x6B1E6C10, 2), then the rest of the key.
+        let mongo = resume_token("826B1E6C10000000022B042C0100296E5A1004");
+        assert_eq!(
+            token_time(&mongo),
+            Some(ClusterTime {
+                t: 0x6B1E6C10,
+                i: 2
+            })
+        );
+        // SecantusDB's hex BSON (starts with the document length), too short,
+        // not hex, not ASCII: no time, so the caller goes by token changes.
+        for data in [
+            "3d000000127300",
+            "82",
+            "82ZZZZZZZZ00000002",
+            "82é000000000000000000",
+        ] {
+            assert_eq!(token_time(&resume_token(data)), None, "{data}");
+        }
+    }
 
     #[test]
     fn versions_grow_with_cluster_time() {
