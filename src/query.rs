@@ -40,7 +40,8 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, Date32Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::common::stats::Precision;
+use datafusion::common::{DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::listing::helpers::expr_applicable_for_cols;
@@ -309,6 +310,9 @@ struct LiveFile {
     day: i32,
     location: Path,
     bytes: u64,
+    /// From the manifest: the scan's row count, which the planner needs to build
+    /// a hash join on its smaller side.
+    rows: u64,
 }
 
 impl LakeTable {
@@ -375,6 +379,7 @@ impl LakeTable {
                     day,
                     location,
                     bytes: file.bytes,
+                    rows: file.rows,
                 });
             }
         }
@@ -481,6 +486,12 @@ impl LakeTable {
         }
         // Spread the files over the session's partitions; DataFusion splits large
         // files further by byte range.
+        // Exact: the manifest counts every live file's rows. Without a row count
+        // DataFusion builds a hash join on the side written first in the SQL,
+        // e.g. all of a fact table in `fact LEFT JOIN dim`.
+        let rows: u64 = files.iter().map(|f| f.rows).sum();
+        let statistics =
+            Statistics::new_unknown(&self.schema).with_num_rows(Precision::Exact(rows as usize));
         let groups = state.config().target_partitions().clamp(1, files.len());
         let mut file_groups = vec![Vec::new(); groups];
         for (i, file) in files.into_iter().enumerate() {
@@ -515,6 +526,7 @@ impl LakeTable {
         let config =
             FileScanConfigBuilder::new(self.store_url.clone(), format.file_source(table_schema))
                 .with_file_groups(file_groups.into_iter().map(FileGroup::new).collect())
+                .with_statistics(statistics)
                 .with_projection_indices(projection.cloned())?
                 .with_limit(limit)
                 .build();

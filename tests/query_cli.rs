@@ -160,6 +160,11 @@ const PER_DAY_CSV: &str = "created_at_day,n,amount\n\
 const ONE_DAY: &str =
     "SELECT count(*) AS n FROM transactions WHERE created_at_day = DATE '2026-11-24'";
 
+/// A query over one day that reads the files (a count is answered from the
+/// manifest's row counts without them).
+const ONE_DAY_SUM: &str =
+    "SELECT sum(amount) AS amount FROM transactions WHERE created_at_day = DATE '2026-11-24'";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn local_lake() {
     let name = unique("query_local");
@@ -199,25 +204,41 @@ async fn local_lake() {
     assert_eq!(table, "+----+\n| n  |\n+----+\n| 48 |\n+----+\n");
 
     // A one-day filter plans only that day's live files; without it, all of them.
+    // Counts come from the manifest: no file is read.
     assert_eq!(csv(&cfg, ONE_DAY), "n\n16\n");
+    assert_eq!(scanned_days(&cfg, ONE_DAY), Vec::<String>::new());
     assert_eq!(
-        scanned_days(&cfg, ONE_DAY),
+        scanned_days(&cfg, ONE_DAY_SUM),
         manifest_days(&manifest, Some("2026-11-24"))
     );
     assert_eq!(
-        scanned_days(&cfg, "SELECT count(*) FROM transactions"),
+        scanned_days(&cfg, "SELECT sum(amount) FROM transactions"),
         manifest_days(&manifest, None)
     );
     assert_eq!(
         scanned_days(
             &cfg,
-            "SELECT count(*) FROM transactions WHERE created_at_day >= DATE '2026-11-24'"
+            "SELECT sum(amount) FROM transactions WHERE created_at_day >= DATE '2026-11-24'"
         ),
         [
             manifest_days(&manifest, Some("2026-11-24")),
             manifest_days(&manifest, Some("2026-11-25"))
         ]
         .concat()
+    );
+
+    // The scan reports the manifest's row count, so a hash join is built on the
+    // smaller input (one day) although the SQL names the whole table first: the
+    // LEFT JOIN is planned as a RIGHT JOIN with the sides swapped.
+    let join = "SELECT count(*) AS n FROM transactions AS t LEFT JOIN \
+                (SELECT id FROM transactions WHERE created_at_day = DATE '2026-11-24') AS d \
+                ON d.id = t.id";
+    assert_eq!(csv(&cfg, join), "n\n48\n");
+    let plan = csv(&cfg, &format!("EXPLAIN {join}"));
+    let physical = plan.split("physical_plan,").nth(1).unwrap();
+    assert!(
+        physical.contains("join_type=Right"),
+        "the join is not built on the one-day side:\n{physical}"
     );
 
     // Files not in the manifest are invisible: a copy of a live file in its
@@ -334,7 +355,7 @@ async fn s3_lake() {
     assert_eq!(csv(&cfg, PER_DAY), PER_DAY_CSV);
     assert_eq!(csv(&cfg, ONE_DAY), "n\n16\n");
     assert_eq!(
-        scanned_days(&cfg, ONE_DAY),
+        scanned_days(&cfg, ONE_DAY_SUM),
         manifest_days(&manifest, Some("2026-11-24"))
     );
 
