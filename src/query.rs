@@ -27,7 +27,6 @@
 
 pub mod as_of;
 pub mod shell;
-mod small_files;
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -43,10 +42,11 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::stats::Precision;
 use datafusion::common::{DFSchema, ScalarValue, Statistics};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::listing::helpers::expr_applicable_for_cols;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
-use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::DataFusionError;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -510,6 +510,7 @@ impl LakeTable {
                 scanned.with_partition_values(vec![ScalarValue::Date32(Some(file.day))])
             });
         }
+        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
         let partition_cols = if self.day_column.is_empty() {
             Vec::new()
         } else {
@@ -522,27 +523,14 @@ impl LakeTable {
         let table_schema = TableSchema::builder(Arc::clone(&self.file_schema))
             .with_table_partition_cols(partition_cols)
             .build();
-        // ParquetFormat::create_physical_plan, with sluice's reader for small files.
-        let options = state.table_options().parquet.clone();
-        let hint = options.global.metadata_size_hint;
-        let runtime = state.runtime_env();
-        let readers = small_files::LakeReaderFactory::new(
-            runtime.object_store(&self.store_url)?,
-            runtime.cache_manager.get_file_metadata_cache(),
-        );
-        let mut source = ParquetSource::new(table_schema)
-            .with_table_parquet_options(options)
-            .with_parquet_file_reader_factory(Arc::new(readers));
-        if let Some(hint) = hint {
-            source = source.with_metadata_size_hint(hint);
-        }
-        let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
-            .with_file_groups(file_groups.into_iter().map(FileGroup::new).collect())
-            .with_statistics(statistics)
-            .with_projection_indices(projection.cloned())?
-            .with_limit(limit)
-            .build();
-        Ok(DataSourceExec::from_data_source(config))
+        let config =
+            FileScanConfigBuilder::new(self.store_url.clone(), format.file_source(table_schema))
+                .with_file_groups(file_groups.into_iter().map(FileGroup::new).collect())
+                .with_statistics(statistics)
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+        format.create_physical_plan(state, config).await
     }
 }
 

@@ -302,7 +302,7 @@ impl Lake {
 }
 
 /// Lake files up to this size are read with one whole-object GET.
-pub(crate) const WHOLE_GET_BYTES: u64 = 8 << 20;
+const WHOLE_GET_BYTES: u64 = 8 << 20;
 
 /// Reads a Parquet object of known size with ranged GETs (the size comes from the
 /// manifest, so no suffix request is needed: not every S3 server supports them).
