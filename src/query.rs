@@ -484,14 +484,14 @@ impl LakeTable {
             };
             return Ok(Arc::new(EmptyExec::new(schema)));
         }
-        // Spread the files over the session's partitions; DataFusion splits large
-        // files further by byte range.
         // Exact: the manifest counts every live file's rows. Without a row count
         // DataFusion builds a hash join on the side written first in the SQL,
         // e.g. all of a fact table in `fact LEFT JOIN dim`.
         let rows: u64 = files.iter().map(|f| f.rows).sum();
         let statistics =
             Statistics::new_unknown(&self.schema).with_num_rows(Precision::Exact(rows as usize));
+        // Spread the files over the session's partitions; DataFusion splits large
+        // files further by byte range.
         let groups = state.config().target_partitions().clamp(1, files.len());
         let mut file_groups = vec![Vec::new(); groups];
         for (i, file) in files.into_iter().enumerate() {

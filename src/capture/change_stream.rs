@@ -610,15 +610,15 @@ impl StreamRun<'_> {
         // Caught up: the stream's own token (the postBatchResumeToken) is past
         // every event up to now, including other collections' (so a quiet
         // collection's token keeps up with the oplog).
-        let new_token = if caught_up {
+        if caught_up {
             covered = covered.max(until);
-            stream.resume_token().or(last_token)
-        } else if quiet_since.is_some() {
-            // Stopped on empty batches: the stream's token is past every event
-            // seen, and no event was read beyond it.
+        }
+        // Stopped on empty batches (caught up or not): the stream's token is past
+        // every event seen, and no event was read beyond it. Stopped on an event
+        // after `until`: resume right before that event.
+        let new_token = if caught_up || quiet_since.is_some() {
             stream.resume_token().or(last_token)
         } else {
-            // Stopped on an event after `until`: resume right before it.
             last_token
         };
         let rows: u64 = files
