@@ -172,6 +172,58 @@ async fn relationships_and_drop_unmatched_find_orphans() {
 }
 
 #[tokio::test]
+async fn drop_unmatched_counts_each_dropped_row_once_and_writes_only_the_model() {
+    // 100 matches neither users nor merchants, 101 has no user (NULL), 102 has an
+    // unknown merchant; the other five match both.
+    let sql = "SELECT transaction_id, \
+               CASE WHEN transaction_id = 100 THEN 42 WHEN transaction_id = 101 THEN NULL ELSE user_id END AS user_id, \
+               CASE WHEN transaction_id IN (100, 102) THEN 99 ELSE merchant_id END AS merchant_id, \
+               transaction_time FROM transactions";
+    let (result, dir) = run_with_settings(
+        &[("orphans.sql", sql)],
+        "[models.model.orphans]\npartition_by = \"transaction_time\"\n\
+         [[models.model.orphans.drop_unmatched]]\ncolumn = \"user_id\"\nto = \"users\"\n\
+         [[models.model.orphans.drop_unmatched]]\ncolumn = \"merchant_id\"\nto = \"merchants\"\n",
+    )
+    .await;
+    let reports = result.unwrap();
+    assert_eq!((reports[0].rows, reports[0].rows_dropped), (5, 3));
+    let lake = Lake::open(&local_config(dir.path(), dir.path(), "").lake, dir.path()).unwrap();
+    let manifest = lake.read_manifest("orphans").await.unwrap().unwrap();
+    let columns: Vec<&str> = manifest.schema.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        columns,
+        [
+            "transaction_id",
+            "user_id",
+            "merchant_id",
+            "transaction_time"
+        ]
+    );
+    let mut kept = Vec::new();
+    for file in manifest.live_files() {
+        let bytes = std::fs::read(dir.path().join("lake/orphans").join(file)).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+            bytes::Bytes::from(bytes),
+            1024,
+        )
+        .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            assert_eq!(batch.num_columns(), 4, "no marker column in the files");
+            let ids = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap();
+            kept.extend(ids.values().iter().copied());
+        }
+    }
+    kept.sort_unstable();
+    assert_eq!(kept, [103, 104, 105, 106, 107]);
+}
+
+#[tokio::test]
 async fn syntax_error_names_file_and_line_and_nothing_runs() {
     let (result, dir) = run_with(&[
         ("good.sql", "SELECT user_id FROM users"),

@@ -56,11 +56,55 @@ pub async fn run_checks(
     checks: &ChecksConfig,
 ) -> datafusion::error::Result<Vec<CheckOutcome>> {
     let m = quote(model);
-    let mut outcomes = Vec::new();
+    // The checks decided row by row (not_null, accepted_values) are counted in one
+    // scan of the model; a sample is fetched only for a check that fails.
+    let mut row_checks = Vec::new();
     for column in &checks.not_null {
-        let rows = format!("SELECT * FROM {m} WHERE {} IS NULL", quote(column));
-        outcomes.push(failing(ctx, format!("not_null({column})"), &rows).await?);
+        row_checks.push((
+            format!("not_null({column})"),
+            format!("{} IS NULL", quote(column)),
+        ));
     }
+    for (column, values) in &checks.accepted_values {
+        let list = values
+            .iter()
+            .map(|v| literal(v))
+            .collect::<Vec<_>>()
+            .join(", ");
+        row_checks.push((
+            format!("accepted_values({column}: {})", values.join(", ")),
+            format!(
+                "{c} IS NOT NULL AND CAST({c} AS VARCHAR) NOT IN ({list})",
+                c = quote(column)
+            ),
+        ));
+    }
+    let mut row_outcomes = Vec::new();
+    if !row_checks.is_empty() {
+        let counts = row_checks
+            .iter()
+            .map(|(_, breaks)| format!("count(CASE WHEN {breaks} THEN 1 END)"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut counts = integers(ctx, &format!("SELECT {counts} FROM {m}")).await?;
+        // An aggregate without GROUP BY has its one row even on no rows.
+        counts.resize(row_checks.len(), 0);
+        for ((check, breaks), failing_rows) in row_checks.into_iter().zip(counts) {
+            let sample = if failing_rows > 0 {
+                sample(ctx, &format!("SELECT * FROM {m} WHERE {breaks}")).await?
+            } else {
+                String::new()
+            };
+            row_outcomes.push(CheckOutcome {
+                check,
+                failing_rows,
+                sample,
+            });
+        }
+    }
+    // Reported in the order of the configuration's sections.
+    let accepted = row_outcomes.split_off(checks.not_null.len());
+    let mut outcomes = row_outcomes;
     for columns in &checks.unique {
         let list = columns
             .split(',')
@@ -87,25 +131,7 @@ pub async fn run_checks(
             sample,
         });
     }
-    for (column, values) in &checks.accepted_values {
-        let list = values
-            .iter()
-            .map(|v| literal(v))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let rows = format!(
-            "SELECT * FROM {m} WHERE {c} IS NOT NULL AND CAST({c} AS VARCHAR) NOT IN ({list})",
-            c = quote(column)
-        );
-        outcomes.push(
-            failing(
-                ctx,
-                format!("accepted_values({column}: {})", values.join(", ")),
-                &rows,
-            )
-            .await?,
-        );
-    }
+    outcomes.extend(accepted);
     for rel in &checks.relationships {
         let rows = format!(
             "SELECT * FROM {m} AS __child WHERE __child.{c} IS NOT NULL AND NOT EXISTS \
@@ -170,20 +196,31 @@ async fn sample(ctx: &SessionContext, sql: &str) -> datafusion::error::Result<St
     Ok(arrow::util::pretty::pretty_format_batches(&batches)?.to_string())
 }
 
-/// The one integer of a one-row query.
-pub(crate) async fn scalar(ctx: &SessionContext, sql: &str) -> datafusion::error::Result<u64> {
+/// The one integer of a one-row query (0 when it is NULL or there is no row).
+async fn scalar(ctx: &SessionContext, sql: &str) -> datafusion::error::Result<u64> {
+    Ok(integers(ctx, sql).await?.first().copied().unwrap_or(0))
+}
+
+/// The integers of the first row of a query, one per column (NULL as 0).
+async fn integers(ctx: &SessionContext, sql: &str) -> datafusion::error::Result<Vec<u64>> {
+    use arrow::array::AsArray;
     let batches = collect(ctx, sql).await?;
-    let value = batches
+    let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(Vec::new());
+    };
+    batch
+        .columns()
         .iter()
-        .find(|b| b.num_rows() > 0)
-        .map(|b| arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::UInt64))
-        .transpose()?
-        .and_then(|a| {
-            use arrow::array::AsArray;
-            let a = a.as_primitive::<arrow::datatypes::UInt64Type>();
-            a.is_valid(0).then(|| a.value(0))
-        });
-    Ok(value.unwrap_or(0))
+        .map(|column| {
+            let column = arrow::compute::cast(column, &arrow::datatypes::DataType::UInt64)?;
+            let column = column.as_primitive::<arrow::datatypes::UInt64Type>();
+            Ok(if column.is_valid(0) {
+                column.value(0)
+            } else {
+                0
+            })
+        })
+        .collect()
 }
 
 /// A small result (counts, samples); never used for a model's rows.

@@ -10,9 +10,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path as FsPath;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arrow::array::AsArray;
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
@@ -23,6 +25,7 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 /// Memory DataFusion may use for buffering operators while running models; beyond
@@ -32,7 +35,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tracing::{info, info_span, warn, Instrument};
 
-use super::checks::{quote, run_checks, scalar, CheckOutcome};
+use super::checks::{quote, run_checks, CheckOutcome};
 use super::config::ModelsConfig;
 use super::project::{last_line, line_in_message, line_of, Model, Project};
 use super::ModelError;
@@ -330,21 +333,8 @@ impl<'a> Runner<'a> {
             .await
             .map_err(no_checks)?;
 
-        // Plan (and count what validate-before-write drops).
         let sql = self.model_sql(model);
         let frame = self.plan(model, &sql).await.map_err(no_checks)?;
-        if !model.settings.drop_unmatched.is_empty() {
-            let dropped_sql = self.dropped_sql(model);
-            report.rows_dropped = scalar(&self.ctx, &dropped_sql)
-                .await
-                .map_err(|e| no_checks(sql_error(model, &model.sql, &e)))?;
-            if report.rows_dropped > 0 {
-                warn!(
-                    rows = report.rows_dropped,
-                    "Rows without a match dropped before writing."
-                );
-            }
-        }
         let partition_by = model.settings.partition_by.clone();
         let frame = match &partition_by {
             Some(column) => {
@@ -361,6 +351,14 @@ impl<'a> Runner<'a> {
             .execute_stream()
             .await
             .map_err(|e| no_checks(sql_error(model, &model.sql, &e)))?;
+        // Validate before write, in the same pass: the rows without a match are
+        // counted and dropped on their way to the files.
+        let dropped = Arc::new(AtomicU64::new(0));
+        let stream = drop_unmatched(
+            stream,
+            model.settings.drop_unmatched.len(),
+            Arc::clone(&dropped),
+        );
 
         // Write under fresh names: invisible until the manifest names them.
         let key = model.settings.key.clone().unwrap_or_default();
@@ -385,6 +383,13 @@ impl<'a> Runner<'a> {
             ),
             WriteError::Lake(e) => no_checks(e),
         })?;
+        report.rows_dropped = dropped.load(Ordering::Relaxed);
+        if report.rows_dropped > 0 {
+            warn!(
+                rows = report.rows_dropped,
+                "Rows without a match dropped before writing."
+            );
+        }
         let mut next = Manifest::new(name, partition_by.as_deref().unwrap_or(""), &key);
         next.version = old.as_ref().map(|m| m.version).unwrap_or(0);
         next.run_id = self.run_id.to_string();
@@ -517,40 +522,32 @@ impl<'a> Runner<'a> {
         Ok(report)
     }
 
-    /// The model's SQL, wrapped to drop unmatched rows when the model asks for it.
+    /// The model's SQL; with `drop_unmatched`, wrapped to add one boolean column
+    /// per relationship, true where the row has a match (see [`drop_unmatched`]).
     /// The wrapper adds no line before the model's first, so lines stay true.
+    ///
+    /// Each relationship is a right join with the referenced table's distinct
+    /// keys on the build (left) side, so that the hash table holds the small
+    /// lookup, not the model (a hash join does not spill), and the model's rows
+    /// stream through it once: counting the dropped rows needs no second pass.
     fn model_sql(&self, model: &Model) -> String {
         let body = model.sql.trim_end().trim_end_matches(';');
         if model.settings.drop_unmatched.is_empty() {
             return body.to_string();
         }
-        format!("SELECT * FROM {}", self.matched_from(model, body))
-    }
-
-    /// `body` as a relation `__model` keeping only the rows that have a match in
-    /// every `drop_unmatched` table: one semi join per relationship with the
-    /// referenced table's distinct keys on the build (left) side, so that the hash
-    /// table holds the small lookup, not the model (a hash join does not spill).
-    fn matched_from(&self, model: &Model, body: &str) -> String {
         let mut from = format!("({body}\n) AS __model");
         for (i, r) in model.settings.drop_unmatched.iter().enumerate() {
             from = format!(
-                "(SELECT __model.* FROM (SELECT DISTINCT {f} AS __key FROM {to}) AS __ref{i} \
-                 RIGHT SEMI JOIN {from} ON __ref{i}.__key = __model.{c}) AS __model",
+                "(SELECT __model.*, __ref{i}.__key IS NOT NULL AS {marker} \
+                 FROM (SELECT DISTINCT {f} AS __key FROM {to}) AS __ref{i} \
+                 RIGHT JOIN {from} ON __ref{i}.__key = __model.{c}) AS __model",
+                marker = quote(&format!("{MATCHED_PREFIX}{i}")),
                 to = quote(&r.to),
                 f = quote(r.field()),
                 c = quote(&r.column)
             );
         }
-        from
-    }
-
-    fn dropped_sql(&self, model: &Model) -> String {
-        let body = model.sql.trim_end().trim_end_matches(';');
-        format!(
-            "SELECT (SELECT count(*) FROM ({body}\n) AS __all) - (SELECT count(*) FROM {})",
-            self.matched_from(model, body)
-        )
+        format!("SELECT * FROM {from}")
     }
 
     /// Parses and plans `sql`; errors name the model's file and line.
@@ -796,6 +793,42 @@ impl From<Error> for WriteError {
     fn from(e: Error) -> Self {
         WriteError::Lake(e)
     }
+}
+
+/// The columns [`Runner::model_sql`] adds for `drop_unmatched`: `<prefix>0`, …
+const MATCHED_PREFIX: &str = "__sluice_matched_";
+
+/// The model's rows without the `markers` last columns of `stream` (one per
+/// `drop_unmatched` relationship, true where the row has a match); the rows
+/// with a false marker are left out and counted in `dropped`.
+fn drop_unmatched(
+    stream: SendableRecordBatchStream,
+    markers: usize,
+    dropped: Arc<AtomicU64>,
+) -> SendableRecordBatchStream {
+    if markers == 0 {
+        return stream;
+    }
+    let schema = stream.schema();
+    let kept = schema.fields().len() - markers;
+    let projection: Vec<usize> = (0..kept).collect();
+    let out = Arc::new(
+        schema
+            .project(&projection)
+            .expect("the first columns of the schema"),
+    );
+    let batches = stream.map(move |batch| {
+        let batch = batch?;
+        let mut matched = batch.column(kept).as_boolean().clone();
+        for marker in &batch.columns()[kept + 1..] {
+            matched = arrow::compute::and(&matched, marker.as_boolean())?;
+        }
+        let rows = batch.num_rows() as u64;
+        let batch = arrow::compute::filter_record_batch(&batch.project(&projection)?, &matched)?;
+        dropped.fetch_add(rows - batch.num_rows() as u64, Ordering::Relaxed);
+        Ok(batch)
+    });
+    Box::pin(RecordBatchStreamAdapter::new(out, batches))
 }
 
 /// Writes a stream as the files of table `name`: one folder per day of
