@@ -90,16 +90,8 @@ pub async fn run_checks(
         // An aggregate without GROUP BY has its one row even on no rows.
         counts.resize(row_checks.len(), 0);
         for ((check, breaks), failing_rows) in row_checks.into_iter().zip(counts) {
-            let sample = if failing_rows > 0 {
-                sample(ctx, &format!("SELECT * FROM {m} WHERE {breaks}")).await?
-            } else {
-                String::new()
-            };
-            row_outcomes.push(CheckOutcome {
-                check,
-                failing_rows,
-                sample,
-            });
+            let rows = format!("SELECT * FROM {m} WHERE {breaks}");
+            row_outcomes.push(outcome(ctx, check, failing_rows, &rows).await?);
         }
     }
     // Reported in the order of the configuration's sections.
@@ -120,16 +112,8 @@ pub async fn run_checks(
             &format!("SELECT CAST(COALESCE(sum(duplicate_rows), 0) AS BIGINT) FROM ({duplicates})"),
         )
         .await?;
-        let sample = if total > 0 {
-            sample(ctx, &format!("{duplicates} ORDER BY duplicate_rows DESC")).await?
-        } else {
-            String::new()
-        };
-        outcomes.push(CheckOutcome {
-            check,
-            failing_rows: total,
-            sample,
-        });
+        let worst = format!("{duplicates} ORDER BY duplicate_rows DESC");
+        outcomes.push(outcome(ctx, check, total, &worst).await?);
     }
     outcomes.extend(accepted);
     for rel in &checks.relationships {
@@ -178,14 +162,25 @@ async fn failing(
     rows_sql: &str,
 ) -> datafusion::error::Result<CheckOutcome> {
     let count = scalar(ctx, &format!("SELECT count(*) FROM ({rows_sql})")).await?;
-    let sample = if count > 0 {
+    outcome(ctx, check, count, rows_sql).await
+}
+
+/// The outcome of `check` broken by `failing_rows` rows, with a sample of
+/// `rows_sql` (the breaking rows) fetched only when there are any.
+async fn outcome(
+    ctx: &SessionContext,
+    check: String,
+    failing_rows: u64,
+    rows_sql: &str,
+) -> datafusion::error::Result<CheckOutcome> {
+    let sample = if failing_rows > 0 {
         sample(ctx, rows_sql).await?
     } else {
         String::new()
     };
     Ok(CheckOutcome {
         check,
-        failing_rows: count,
+        failing_rows,
         sample,
     })
 }
