@@ -1,6 +1,8 @@
 -- Savings transactions at transaction grain, with keys to the plan and the user.
 -- Deposits are positive and withdrawals negative in signed_amount.
 -- sluice: partition_by = transaction_date
+-- In ClickHouse one partition per month: a year of days is 12 swaps, not 365.
+-- sluice: clickhouse_partition = month
 -- sluice: key = transaction_id
 SELECT t.transaction_id,
        p.plan_key,

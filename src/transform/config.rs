@@ -7,6 +7,7 @@
 //!
 //! [models.model.fact_sales]
 //! partition_by = "transaction_date"  # or a `-- sluice: partition_by = …` header
+//! clickhouse_partition = "month"     # ClickHouse partitions by month (default: day)
 //! key = ["transaction_id"]
 //! checks.not_null = ["transaction_id", "user_key"]
 //! checks.unique = ["transaction_id"]
@@ -19,6 +20,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::config::PartitionGrain;
 use crate::error::ConfigError;
 
 /// Where the models are and how to publish them.
@@ -53,6 +55,11 @@ pub struct ModelConfig {
     /// Load this model into ClickHouse (default: `[models] clickhouse`).
     #[serde(default)]
     pub clickhouse: Option<bool>,
+    /// ClickHouse partition of a partitioned model: `day` (the default,
+    /// `toYYYYMMDD`) or `month` (`toYYYYMM`: a year is 12 partitions to swap in
+    /// instead of 365). The lake stays partitioned by day.
+    #[serde(default)]
+    pub clickhouse_partition: Option<PartitionGrain>,
     /// Validate-before-write: rows whose `column` has no match in another table or
     /// model are dropped before the model is written, and counted in the report.
     #[serde(default)]

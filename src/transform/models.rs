@@ -8,15 +8,17 @@
 //! A model whose SQL or checks fail is not published; every model that reads it,
 //! directly or not, is skipped; models that do not depend on it still run.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path as FsPath;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::AsArray;
+use arrow::array::{Array, BooleanArray};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
 use datafusion::catalog::TableProvider;
 use datafusion::common::Column;
 use datafusion::dataframe::DataFrame;
@@ -25,7 +27,7 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::stream::{RecordBatchReceiverStream, RecordBatchStreamAdapter};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 /// Memory DataFusion may use for buffering operators while running models; beyond
@@ -33,19 +35,20 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 const MODEL_MEMORY_BYTES: usize = 256 * 1024 * 1024;
 use futures::StreamExt;
 use serde::Serialize;
+use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::checks::{quote, run_checks, CheckOutcome};
 use super::config::ModelsConfig;
 use super::project::{last_line, line_in_message, line_of, Model, Project};
 use super::ModelError;
-use crate::config::{Config, TableConfig};
+use crate::config::{Config, PartitionGrain, TableConfig};
 use crate::error::{Error, Result};
 use crate::lake::manifest::{FileEntry, Manifest, PartitionEntry};
 use crate::lake::writer::{day_string, split_by_day, FileRoller};
 use crate::lake::Lake;
 use crate::query::{register_lake_store, LakeTable};
-use crate::warehouse::ddl::{column_type, ident, partition_expression};
+use crate::warehouse::ddl::{column_type, ident, partition_expression_for};
 use crate::warehouse::Warehouse;
 
 /// The partition name of an unpartitioned model (its folder, and the ClickHouse
@@ -333,8 +336,14 @@ impl<'a> Runner<'a> {
             .await
             .map_err(no_checks)?;
 
-        let sql = self.model_sql(model);
-        let frame = self.plan(model, &sql).await.map_err(no_checks)?;
+        let frame = self.plan(model, &model.sql).await.map_err(no_checks)?;
+        // Validate before write: the referenced keys are read first (they are the
+        // small side), then the model's rows without a match are counted and
+        // dropped on their way to the files, in the same pass.
+        let lookups = self
+            .lookups(model, frame.schema().as_arrow())
+            .await
+            .map_err(no_checks)?;
         let partition_by = model.settings.partition_by.clone();
         let frame = match &partition_by {
             Some(column) => {
@@ -351,14 +360,9 @@ impl<'a> Runner<'a> {
             .execute_stream()
             .await
             .map_err(|e| no_checks(sql_error(model, &model.sql, &e)))?;
-        // Validate before write, in the same pass: the rows without a match are
-        // counted and dropped on their way to the files.
         let dropped = Arc::new(AtomicU64::new(0));
-        let stream = drop_unmatched(
-            stream,
-            model.settings.drop_unmatched.len(),
-            Arc::clone(&dropped),
-        );
+        let stream = drop_unmatched(stream, lookups, Arc::clone(&dropped));
+        let stream = on_own_task(stream);
 
         // Write under fresh names: invisible until the manifest names them.
         let key = model.settings.key.clone().unwrap_or_default();
@@ -522,32 +526,56 @@ impl<'a> Runner<'a> {
         Ok(report)
     }
 
-    /// The model's SQL; with `drop_unmatched`, wrapped to add one boolean column
-    /// per relationship, true where the row has a match (see [`drop_unmatched`]).
-    /// The wrapper adds no line before the model's first, so lines stay true.
+    /// The referenced keys of each `drop_unmatched` relationship of `model`
+    /// (whose rows have `schema`): the distinct non-NULL values of `to.field`,
+    /// cast to the type of the model's column.
     ///
-    /// Each relationship is a right join with the referenced table's distinct
-    /// keys on the build (left) side, so that the hash table holds the small
-    /// lookup, not the model (a hash join does not spill), and the model's rows
-    /// stream through it once: counting the dropped rows needs no second pass.
-    fn model_sql(&self, model: &Model) -> String {
-        let body = model.sql.trim_end().trim_end_matches(';');
-        if model.settings.drop_unmatched.is_empty() {
-            return body.to_string();
+    /// They are read before the model runs and held as a hash set outside
+    /// DataFusion, rather than joined in SQL: the planner may put either side of
+    /// a join on the (unspillable) build side, and with the model's rows there a
+    /// 3M-row staging model ran out of its memory pool.
+    async fn lookups(&self, model: &Model, schema: &Schema) -> Result<Vec<Lookup>> {
+        let mut lookups = Vec::with_capacity(model.settings.drop_unmatched.len());
+        for r in &model.settings.drop_unmatched {
+            let what = format!("drop_unmatched ({} → {}.{})", r.column, r.to, r.field());
+            let fail = |message: String| -> Error {
+                ModelError::Sql {
+                    model: model.name.clone(),
+                    file: model.file.clone(),
+                    line: None,
+                    message: format!("{what}: {message}"),
+                }
+                .into()
+            };
+            let column = schema
+                .index_of(&r.column)
+                .map_err(|_| fail(format!("the model has no column {:?}", r.column)))?;
+            let data_type = schema.field(column).data_type().clone();
+            let sql = format!("SELECT DISTINCT {} FROM {}", quote(r.field()), quote(&r.to));
+            let mut stream = async { self.ctx.sql(&sql).await?.execute_stream().await }
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let converter = RowConverter::new(vec![SortField::new(data_type.clone())])
+                .map_err(|e| fail(e.to_string()))?;
+            let mut keys = HashSet::new();
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| fail(e.to_string()))?;
+                let values = arrow::compute::cast(batch.column(0), &data_type)
+                    .map_err(|e| fail(e.to_string()))?;
+                let rows = converter
+                    .convert_columns(std::slice::from_ref(&values))
+                    .map_err(|e| fail(e.to_string()))?;
+                for i in (0..values.len()).filter(|&i| values.is_valid(i)) {
+                    keys.insert(Box::<[u8]>::from(rows.row(i).as_ref()));
+                }
+            }
+            lookups.push(Lookup {
+                column,
+                converter,
+                keys,
+            });
         }
-        let mut from = format!("({body}\n) AS __model");
-        for (i, r) in model.settings.drop_unmatched.iter().enumerate() {
-            from = format!(
-                "(SELECT __model.*, __ref{i}.__key IS NOT NULL AS {marker} \
-                 FROM (SELECT DISTINCT {f} AS __key FROM {to}) AS __ref{i} \
-                 RIGHT JOIN {from} ON __ref{i}.__key = __model.{c}) AS __model",
-                marker = quote(&format!("{MATCHED_PREFIX}{i}")),
-                to = quote(&r.to),
-                f = quote(r.field()),
-                c = quote(&r.column)
-            );
-        }
-        format!("SELECT * FROM {from}")
+        Ok(lookups)
     }
 
     /// Parses and plans `sql`; errors name the model's file and line.
@@ -575,16 +603,23 @@ impl<'a> Runner<'a> {
         let name = &model.name;
         let key = model.settings.key.clone().unwrap_or_default();
         let partition_by = model.settings.partition_by.clone();
+        let grain = model
+            .settings
+            .clickhouse_partition
+            .unwrap_or(PartitionGrain::Day);
         let ddl = create_table(
             warehouse.database(),
             name,
             schema,
-            partition_by.as_deref(),
+            partition_by.as_deref().map(|c| (c, grain)),
             &key,
         )
         .map_err(|e| Error::warehouse(name, e))?;
         warehouse.ensure_table_with(name, &ddl).await?;
-        let table = table_config(name, &key, partition_by.as_deref())?;
+        if partition_by.is_some() {
+            warehouse.check_grain(name, grain).await?;
+        }
+        let table = table_config(name, &key, partition_by.as_deref(), grain)?;
         let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         let days: Vec<(String, PartitionEntry)> = manifest
             .pending_warehouse
@@ -615,7 +650,12 @@ impl<'a> Runner<'a> {
 
 /// The [`TableConfig`] that [`Warehouse::load_partition`] takes, for a model
 /// (every field not given here at its default).
-fn table_config(name: &str, key: &[String], partition_by: Option<&str>) -> Result<TableConfig> {
+fn table_config(
+    name: &str,
+    key: &[String],
+    partition_by: Option<&str>,
+    grain: PartitionGrain,
+) -> Result<TableConfig> {
     let mut table = toml::map::Map::new();
     table.insert("name".into(), name.into());
     table.insert("source".into(), "-".into());
@@ -625,6 +665,9 @@ fn table_config(name: &str, key: &[String], partition_by: Option<&str>) -> Resul
         toml::Value::Array(key.iter().map(|k| k.as_str().into()).collect()),
     );
     table.insert("partition_by".into(), partition_by.unwrap_or("").into());
+    if grain == PartitionGrain::Month {
+        table.insert("clickhouse_partition".into(), "month".into());
+    }
     toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| Error::warehouse(name, e))
@@ -640,15 +683,18 @@ fn whole(manifest: &Manifest) -> PartitionEntry {
     all
 }
 
-/// `CREATE TABLE IF NOT EXISTS` for a model: partitioned by day like the extracted
-/// tables, or without `PARTITION BY` (one partition, ID `all`).
+/// `CREATE TABLE IF NOT EXISTS` for a model: partitioned by day or month of its
+/// partition column like the extracted tables, or without `PARTITION BY` (one
+/// partition, ID `all`).
 pub fn create_table(
     database: &str,
     table: &str,
     schema: &Schema,
-    partition_by: Option<&str>,
+    partition_by: Option<(&str, PartitionGrain)>,
     key: &[String],
 ) -> std::result::Result<String, String> {
+    let grain = partition_by.map(|(_, g)| g);
+    let partition_by = partition_by.map(|(c, _)| c);
     let columns = schema
         .fields()
         .iter()
@@ -670,7 +716,8 @@ pub fn create_table(
         )
     };
     let partition = partition_by
-        .map(|c| format!("\nPARTITION BY {}", partition_expression(c)))
+        .zip(grain)
+        .map(|(c, g)| format!("\nPARTITION BY {}", partition_expression_for(c, g)))
         .unwrap_or_default();
     Ok(format!(
         "CREATE TABLE IF NOT EXISTS {}.{} (\n{}\n)\nENGINE = MergeTree{partition}\nORDER BY {order_by}",
@@ -795,40 +842,81 @@ impl From<Error> for WriteError {
     }
 }
 
-/// The columns [`Runner::model_sql`] adds for `drop_unmatched`: `<prefix>0`, …
-const MATCHED_PREFIX: &str = "__sluice_matched_";
+/// The keys one `drop_unmatched` relationship accepts, as [`RowConverter`] rows of
+/// the model column's type.
+struct Lookup {
+    /// Index of the model's column.
+    column: usize,
+    converter: RowConverter,
+    keys: HashSet<Box<[u8]>>,
+}
 
-/// The model's rows without the `markers` last columns of `stream` (one per
-/// `drop_unmatched` relationship, true where the row has a match); the rows
-/// with a false marker are left out and counted in `dropped`.
+impl Lookup {
+    /// True for the rows of `batch` whose column has a match (never for NULL).
+    fn matches(&self, batch: &RecordBatch) -> std::result::Result<BooleanArray, ArrowError> {
+        let values = batch.column(self.column);
+        let rows = self
+            .converter
+            .convert_columns(std::slice::from_ref(values))?;
+        Ok((0..values.len())
+            .map(|i| Some(values.is_valid(i) && self.keys.contains(rows.row(i).as_ref())))
+            .collect())
+    }
+}
+
+/// The rows of `stream` with a match in every lookup; the others are left out
+/// and counted in `dropped`.
 fn drop_unmatched(
     stream: SendableRecordBatchStream,
-    markers: usize,
+    lookups: Vec<Lookup>,
     dropped: Arc<AtomicU64>,
 ) -> SendableRecordBatchStream {
-    if markers == 0 {
+    if lookups.is_empty() {
         return stream;
     }
     let schema = stream.schema();
-    let kept = schema.fields().len() - markers;
-    let projection: Vec<usize> = (0..kept).collect();
-    let out = Arc::new(
-        schema
-            .project(&projection)
-            .expect("the first columns of the schema"),
-    );
     let batches = stream.map(move |batch| {
         let batch = batch?;
-        let mut matched = batch.column(kept).as_boolean().clone();
-        for marker in &batch.columns()[kept + 1..] {
-            matched = arrow::compute::and(&matched, marker.as_boolean())?;
+        let mut matched = lookups[0].matches(&batch)?;
+        for lookup in &lookups[1..] {
+            matched = arrow::compute::and(&matched, &lookup.matches(&batch)?)?;
         }
         let rows = batch.num_rows() as u64;
-        let batch = arrow::compute::filter_record_batch(&batch.project(&projection)?, &matched)?;
+        let batch = arrow::compute::filter_record_batch(&batch, &matched)?;
         dropped.fetch_add(rows - batch.num_rows() as u64, Ordering::Relaxed);
         Ok(batch)
     });
-    Box::pin(RecordBatchStreamAdapter::new(out, batches))
+    Box::pin(RecordBatchStreamAdapter::new(schema, batches))
+}
+
+/// Polls `stream` on a task of its own, up to two batches ahead of the reader:
+/// DataFusion computes the next rows on one core while the writer encodes and
+/// compresses the last ones on the other (with one partition per model, the
+/// two would otherwise take turns on one core).
+fn on_own_task(stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+    let mut builder = RecordBatchReceiverStream::builder(stream.schema(), 2);
+    let tx = builder.tx();
+    builder.spawn(async move {
+        let mut stream = stream;
+        while let Some(batch) = stream.next().await {
+            if tx.send(batch).await.is_err() {
+                break; // the writer stopped (an error): stop computing
+            }
+        }
+        Ok(())
+    });
+    builder.build()
+}
+
+/// Files finished (last row group encoded, uploaded) concurrently by [`write_files`].
+const FILES_CLOSING: usize = 4;
+
+/// The result of a finished file's task (`Some`: the set was not empty).
+fn joined<T>(done: Option<std::result::Result<Result<T>, tokio::task::JoinError>>) -> Result<T> {
+    match done.expect("a task was waiting") {
+        Ok(result) => result,
+        Err(e) => Err(Error::lake(format!("writing a model file: {e}"))),
+    }
 }
 
 /// Writes a stream as the files of table `name`: one folder per day of
@@ -860,17 +948,16 @@ async fn write_files(
         let dir = lake.table_path(name).join(rel.as_str());
         FileRoller::new(lake, dir, rel, &format!("{run_id}-{seq}"), schema.clone())
     };
-    async fn close(
-        partitions: &mut BTreeMap<String, PartitionEntry>,
-        day: String,
-        roller: FileRoller,
-    ) -> Result<()> {
-        let files: Vec<FileEntry> = roller.finish().await?;
+    // A finished day's last row group is encoded and its file uploaded on a task
+    // of its own, a few at a time, while the next days are written: for a model
+    // of 366 days the uploads no longer wait for one another.
+    let mut closing: JoinSet<Result<(String, Vec<FileEntry>)>> = JoinSet::new();
+    let add = |partitions: &mut BTreeMap<String, PartitionEntry>,
+               (day, files): (String, Vec<FileEntry>)| {
         let entry: &mut PartitionEntry = partitions.entry(day).or_default();
         entry.rows += files.iter().map(|f| f.rows).sum::<u64>();
         entry.files.extend(files);
-        Ok(())
-    }
+    };
     while let Some(batch) = stream.next().await {
         let batch: RecordBatch = batch.map_err(WriteError::Rows)?;
         let slices = match column {
@@ -884,7 +971,10 @@ async fn write_files(
         for (day, slice) in slices {
             if open.as_ref().map(|(d, _)| d) != Some(&day) {
                 if let Some((d, r)) = open.take() {
-                    close(&mut partitions, d, r).await?;
+                    while closing.len() >= FILES_CLOSING {
+                        add(&mut partitions, joined(closing.join_next().await)?);
+                    }
+                    closing.spawn(async move { Ok((d, r.finish().await?)) });
                 }
                 open = Some((day.clone(), roller(&day, seq)));
                 seq += 1;
@@ -894,7 +984,10 @@ async fn write_files(
         }
     }
     if let Some((d, r)) = open.take() {
-        close(&mut partitions, d, r).await?;
+        closing.spawn(async move { Ok((d, r.finish().await?)) });
+    }
+    while let Some(done) = closing.join_next().await {
+        add(&mut partitions, joined(Some(done))?);
     }
     partitions.retain(|_, p: &mut PartitionEntry| p.rows > 0);
     Ok(Written { schema, partitions })
@@ -979,6 +1072,26 @@ mod tests {
         assert_eq!(
             create_table("db", "m", &schema, None, &["merchant_id".into()]).unwrap(),
             "CREATE TABLE IF NOT EXISTS `db`.`m` (\n    `merchant_id` Int64,\n    `n` Int64\n)\nENGINE = MergeTree\nORDER BY (`merchant_id`)"
+        );
+    }
+
+    #[test]
+    fn month_partitioned_model_ddl() {
+        let schema = Schema::new(vec![
+            arrow::datatypes::Field::new("id", DataType::Int64, false),
+            arrow::datatypes::Field::new("day", DataType::Date32, true),
+        ]);
+        let ddl = create_table(
+            "db",
+            "m",
+            &schema,
+            Some(("day", PartitionGrain::Month)),
+            &["id".into()],
+        )
+        .unwrap();
+        assert!(
+            ddl.contains("`day` Date32\n)\nENGINE = MergeTree\nPARTITION BY toYYYYMM(`day`)"),
+            "{ddl}"
         );
     }
 }

@@ -10,6 +10,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 
 use super::config::{ModelConfig, ModelsConfig};
 use super::ModelError;
+use crate::config::PartitionGrain;
 
 /// One model: a `SELECT` in `<name>.sql`.
 #[derive(Debug, Clone)]
@@ -106,6 +107,12 @@ impl Project {
             if let Some(configured) = config.models.get(&name) {
                 settings = merge(settings, configured.clone());
             }
+            if settings.clickhouse_partition.is_some() && settings.partition_by.is_none() {
+                return Err(sql_error(
+                    None,
+                    "clickhouse_partition needs partition_by: a model without it is one ClickHouse partition".to_string(),
+                ));
+            }
             let mut references = references(state, &sql).map_err(|(line, m)| sql_error(line, m))?;
             // What checks and validate-before-write read is read by the model too.
             references.extend(
@@ -183,10 +190,24 @@ fn header_settings(sql: &str) -> Result<ModelConfig, (Option<u64>, String)> {
                         .collect(),
                 )
             }
+            "clickhouse_partition" => {
+                settings.clickhouse_partition = Some(match value {
+                    "day" => PartitionGrain::Day,
+                    "month" => PartitionGrain::Month,
+                    other => {
+                        return Err((
+                            line_no,
+                            format!("clickhouse_partition is \"day\" or \"month\", not {other:?}"),
+                        ))
+                    }
+                })
+            }
             other => {
                 return Err((
                     line_no,
-                    format!("unknown header setting {other:?} (known: partition_by, key)"),
+                    format!(
+                        "unknown header setting {other:?} (known: partition_by, key, clickhouse_partition)"
+                    ),
                 ))
             }
         }
@@ -199,6 +220,9 @@ fn merge(header: ModelConfig, configured: ModelConfig) -> ModelConfig {
     ModelConfig {
         partition_by: configured.partition_by.or(header.partition_by),
         key: configured.key.or(header.key),
+        clickhouse_partition: configured
+            .clickhouse_partition
+            .or(header.clickhouse_partition),
         ..configured
     }
 }

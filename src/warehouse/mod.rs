@@ -137,7 +137,7 @@ impl Warehouse {
     /// Refuses a table that exists with another partition grain than the config's:
     /// loading days into month partitions (or the reverse) would replace the
     /// wrong rows.
-    async fn check_grain(&self, name: &str, grain: PartitionGrain) -> Result<()> {
+    pub async fn check_grain(&self, name: &str, grain: PartitionGrain) -> Result<()> {
         let keys = retry(name, || {
             self.client
                 .query_raw(&format!(
