@@ -27,6 +27,7 @@
 
 pub mod as_of;
 pub mod shell;
+pub mod sort_within_days;
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -38,6 +39,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, Date32Array, RecordBatch};
+use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::stats::Precision;
@@ -50,9 +52,13 @@ use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::DataFusionError;
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
@@ -171,8 +177,10 @@ impl LakeSession {
     ) -> Result<Self> {
         check_local_lake_exists(&config.lake, base)?;
         let lake = Lake::open(&config.lake, base)?;
-        let ctx =
-            SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
+        let ctx = lake_session(
+            SessionConfig::new().with_information_schema(true),
+            Arc::new(RuntimeEnv::default()),
+        );
         let store_url = register_lake_store(&ctx, &lake)?;
         let mut uncommitted = BTreeSet::new();
         // The tables, then the SQL models materialised in the lake.
@@ -260,6 +268,19 @@ fn check_local_lake_exists(config: &LakeConfig, base: &FsPath) -> Result<()> {
             config.url
         )))
     }
+}
+
+/// A DataFusion session for SQL over lake tables: DataFusion's own rules, and
+/// [`SortWithinDays`](sort_within_days::SortWithinDays), which sorts rows read
+/// in day order one day at a time.
+pub fn lake_session(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> SessionContext {
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(sort_within_days::SortWithinDays))
+        .build();
+    SessionContext::new_with_state(state)
 }
 
 /// Registers the lake's object store with `ctx`; returns the URL that
@@ -459,6 +480,42 @@ impl LakeTable {
             .collect())
     }
 
+    /// The index in the files' schema of the partition column when it is a
+    /// date: each file then holds one value of it, its day.
+    fn date_partition_column(&self) -> Option<usize> {
+        let name = self.day_column.strip_suffix("_day")?;
+        let index = self.file_schema.index_of(name).ok()?;
+        (self.file_schema.field(index).data_type() == &DataType::Date32).then_some(index)
+    }
+
+    /// The orders each partition of a scan is read in (files in day order): by
+    /// the day column, and by the partition column itself when it is a date.
+    /// Declared to DataFusion, they spare a model partitioned by that day the
+    /// sort before writing, and let a window partitioned by it sort each day
+    /// alone.
+    fn orderings(&self, date_column: Option<usize>) -> Vec<LexOrdering> {
+        if self.day_column.is_empty() {
+            return Vec::new();
+        }
+        // As SQL's `ORDER BY day` asks (the day has no NULLs).
+        let ascending = SortOptions {
+            descending: false,
+            nulls_first: false,
+        };
+        let by = |name: &str, index: usize| {
+            LexOrdering::new([PhysicalSortExpr::new(
+                Arc::new(Column::new(name, index)),
+                ascending,
+            )])
+        };
+        let day_index = self.file_schema.fields().len();
+        let mut orderings: Vec<LexOrdering> = by(&self.day_column, day_index).into_iter().collect();
+        if let Some(index) = date_column {
+            orderings.extend(by(self.file_schema.field(index).name(), index));
+        }
+        orderings
+    }
+
     async fn plan_scan(
         &self,
         state: &dyn Session,
@@ -490,9 +547,11 @@ impl LakeTable {
         let rows: u64 = files.iter().map(|f| f.rows).sum();
         let statistics =
             Statistics::new_unknown(&self.schema).with_num_rows(Precision::Exact(rows as usize));
-        // Spread the files over the session's partitions; DataFusion splits large
-        // files further by byte range.
+        // Spread the files over the session's partitions in day order (file i to
+        // partition i mod n), so that each partition reads its days in order;
+        // DataFusion splits large files further by byte range, keeping that order.
         let groups = state.config().target_partitions().clamp(1, files.len());
+        let date_column = self.date_partition_column();
         let mut file_groups = vec![Vec::new(); groups];
         for (i, file) in files.into_iter().enumerate() {
             let meta = ObjectMeta {
@@ -507,7 +566,21 @@ impl LakeTable {
             file_groups[i % groups].push(if self.day_column.is_empty() {
                 scanned
             } else {
-                scanned.with_partition_values(vec![ScalarValue::Date32(Some(file.day))])
+                // What the manifest knows of the file: its rows, and, for a date
+                // partition column, that every row holds the file's day. DataFusion
+                // checks the declared orderings against these.
+                let mut statistics = Statistics::new_unknown(&self.file_schema)
+                    .with_num_rows(Precision::Exact(file.rows as usize));
+                if let Some(column) = date_column {
+                    let day = ScalarValue::Date32(Some(file.day));
+                    let column = &mut statistics.column_statistics[column];
+                    column.min_value = Precision::Exact(day.clone());
+                    column.max_value = Precision::Exact(day);
+                    column.null_count = Precision::Exact(0);
+                }
+                scanned
+                    .with_partition_values(vec![ScalarValue::Date32(Some(file.day))])
+                    .with_statistics(Arc::new(statistics))
             });
         }
         let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
@@ -526,6 +599,7 @@ impl LakeTable {
         let config =
             FileScanConfigBuilder::new(self.store_url.clone(), format.file_source(table_schema))
                 .with_file_groups(file_groups.into_iter().map(FileGroup::new).collect())
+                .with_output_ordering(self.orderings(date_column))
                 .with_statistics(statistics)
                 .with_projection_indices(projection.cloned())?
                 .with_limit(limit)
