@@ -38,6 +38,9 @@ export SLUICE_DEMO_MYSQL_URL="$MY/$DB"
 export SLUICE_DEMO_MONGO_URL="$MONGO_BASE/$DB?directConnection=true"
 
 step() { printf '\n== %s\n' "$*" >&2; }
+# CPU seconds used by every process on the machine so far (sluice, and the servers
+# it drives: PostgreSQL, MariaDB, SecantusDB, s3s-fs, chDB), from /proc/stat.
+busy() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { print ($2 + $3 + $4 + $7 + $8 + $9) / hz }' /proc/stat; }
 
 eval "$(scripts/services.sh up | sed -n 's/^  \(AWS_[A-Z_]*=\)/export \1/p' | sed 's/  (bucket.*//')"
 [[ -x /usr/bin/time ]] || apt-get install -y -qq time >/dev/null
@@ -81,16 +84,17 @@ cleanup() {
 trap cleanup EXIT
 
 # Per-table rows of one run report (sluice runs show --json), with the process's
-# wall time and peak RSS. Arguments: label, run output, /usr/bin/time output, config.
+# wall time and peak RSS. Arguments: label, run output, /usr/bin/time output, config,
+# CPU seconds of the whole machine during the run.
 report() {
-  local label=$1 out=$2 tv=$3 config=$4 id
+  local label=$1 out=$2 tv=$3 config=$4 machine=$5 id
   id=$(awk '$1 == "run" { print $2; exit }' "$out")
   # A failed run prints no summary; its id is in the log.
   [[ -n $id ]] || id=$(grep -o 'run_id=[^ ]*' "${out%.out}.err" | head -1 | cut -d= -f2)
   "$SLUICE" --quiet runs show --config "$config" --json "$id" >"$WORK/report.json"
-  python3 - "$label" "$WORK/report.json" "$tv" <<'EOF'
+  python3 - "$label" "$WORK/report.json" "$tv" "$machine" <<'EOF'
 import json, re, sys
-label, path, tv = sys.argv[1:]
+label, path, tv, machine = sys.argv[1:]
 run = json.load(open(path))
 text = open(tv).read()
 wall = re.search(r"Elapsed \(wall clock\) time.*: (.*)", text).group(1)
@@ -100,7 +104,8 @@ for part in wall.split(":"):
 rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1)) / 1024
 cpu = sum(float(v) for v in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text))
 head = f"{'table':<22} {'rows':>10} {'MiB':>8} {'extract':>8} {'merge':>7} {'commit':>7} {'CH':>7} {'total':>7} {'rows/s':>9} {'parts':>6}"
-print(f"\n{label}: {secs:.2f} s wall, peak RSS {rss:.0f} MiB, {cpu:.1f} CPU s")
+print(f"\n{label}: {secs:.2f} s wall, peak RSS {rss:.0f} MiB, {cpu:.1f} CPU s "
+      f"(machine, every process: {float(machine):.1f} CPU s)")
 print(head)
 rows_all = 0
 for t in run["tables"]:
@@ -113,8 +118,10 @@ for t in run["tables"]:
           f"{t['seconds']:>7.2f} {rate:>9} {len(t['partitions_loaded']):>6}")
 # The SQL models of sql/fintech, rebuilt after the tables (their time is in the wall).
 for m in run.get("models", []):
+    s = m.get("stages", {})
     print(f"{'model ' + m['model']:<33} {m['rows']:>10} rows {m['rows_dropped']:>8} dropped "
-          f"{m['seconds']:>7.2f} s")
+          f"{m['seconds']:>7.2f} s (build {s.get('build', 0):.2f}, checks {s.get('checks', 0):.2f}, "
+          f"commit {s.get('commit', 0):.2f}, CH {s.get('warehouse', 0):.2f})")
 print(f"{'all':<22} {rows_all:>10} {'':>8} {'':>8} {'':>7} {'':>7} {'':>7} {secs:>7.2f} {rows_all / secs:>9.0f}")
 if run.get("error"):
     print("run failed:", run["error"])
@@ -170,20 +177,24 @@ for SCALE in "${SCALES[@]}"; do
   "$SLUICE" --version >/dev/null
   # A failed run (e.g. a model) still stores its report: print it, then stop.
   FAILED=0
+  before=$(busy)
   /usr/bin/time -v -o "$WORK/full.time" "$SLUICE" run --config "$WORK/fintech.toml" \
     >"$WORK/full.out" 2>"$WORK/full.err" || { tail -5 "$WORK/full.err" >&2; FAILED=1; }
+  machine=$(awk -v a="$before" -v b="$(busy)" 'BEGIN { print b - a }')
   report "scale $SCALE, full load" "$WORK/full.out" "$WORK/full.time" "$WORK/fintech.toml" \
-    | tee -a "$WORK/results.txt"
+    "$machine" | tee -a "$WORK/results.txt"
   [[ $FAILED == 0 ]] || exit 1
 
   step "Scale $SCALE: one simulate call"
   "$SLUICE" --quiet demo simulate --scale "$SCALE" | tee "$WORK/simulate.out" >&2
   export SLUICE_SNAPSHOT_DATE=2026-01-02
   step "Scale $SCALE: incremental run"
+  before=$(busy)
   /usr/bin/time -v -o "$WORK/incr.time" "$SLUICE" run --config "$WORK/fintech.toml" \
     >"$WORK/incr.out" 2>"$WORK/incr.err" || { tail -20 "$WORK/incr.err" >&2; exit 1; }
+  machine=$(awk -v a="$before" -v b="$(busy)" 'BEGIN { print b - a }')
   report "scale $SCALE, incremental after one simulate" "$WORK/incr.out" "$WORK/incr.time" \
-    "$WORK/fintech.toml" | tee -a "$WORK/results.txt"
+    "$WORK/fintech.toml" "$machine" | tee -a "$WORK/results.txt"
   check_counts | tee -a "$WORK/results.txt"
   unset SLUICE_SNAPSHOT_DATE
 done

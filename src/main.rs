@@ -491,19 +491,22 @@ fn summary(report: &sluice::RunReport) -> String {
 
 fn models_summary(models: &[sluice::transform::ModelReport]) -> String {
     let mut out = format!(
-        "{:<28} {:>10} {:>10} {:>8} {:>10} {:>7} {:>8}\n",
-        "model", "status", "rows", "dropped", "loaded", "checks", "seconds"
+        "{:<28} {:>10} {:>10} {:>8} {:>10} {:>7} {:>8} {:>7} {:>7} {:>7}\n",
+        "model", "status", "rows", "dropped", "loaded", "checks", "seconds", "build", "check", "CH"
     );
     for m in models {
         out.push_str(&format!(
-            "{:<28} {:>10} {:>10} {:>8} {:>10} {:>7} {:>8.2}\n",
+            "{:<28} {:>10} {:>10} {:>8} {:>10} {:>7} {:>8.2} {:>7.2} {:>7.2} {:>7.2}\n",
             m.model,
             format!("{:?}", m.status).to_lowercase(),
             m.rows,
             m.rows_dropped,
             m.rows_loaded,
             m.checks.len(),
-            m.seconds
+            m.seconds,
+            m.stages.build,
+            m.stages.checks,
+            m.stages.warehouse,
         ));
     }
     out

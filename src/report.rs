@@ -63,6 +63,7 @@ pub struct StoredModel {
     pub rows_loaded: u64,
     pub error: Option<String>,
     pub seconds: f64,
+    pub stages: crate::transform::models::ModelStageSeconds,
 }
 
 impl StoredRun {
@@ -298,6 +299,11 @@ pub fn format_run(run: &StoredRun) -> String {
             out.push_str(&format!(
                 "  {:<28} {:<10} {:>10} rows {:>8} dropped {:>10} loaded {:>8.2} s\n",
                 m.model, status, m.rows, m.rows_dropped, m.rows_loaded, m.seconds
+            ));
+            let s = &m.stages;
+            out.push_str(&format!(
+                "    seconds: build {:.2}, checks {:.2}, commit {:.2}, ClickHouse {:.2}\n",
+                s.build, s.checks, s.commit, s.warehouse
             ));
             if let Some(error) = &m.error {
                 out.push_str(&format!("    error: {error}\n"));

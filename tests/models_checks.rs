@@ -322,3 +322,52 @@ async fn a_model_that_cannot_be_read_back_fails_alone() {
     assert!(lake.list("copy").await.unwrap().is_empty());
     assert!(lake.read_manifest("other").await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn checks_counted_while_writing_follow_their_sql_meaning() {
+    // merchant_id is an integer checked as text; user_id 42 refers to no user,
+    // NULL refers to nothing and passes; status is NULL once (not_null fails,
+    // accepted_values lets NULL pass).
+    let sql = "SELECT transaction_id, merchant_id, \
+               CASE WHEN transaction_id = 100 THEN 42 WHEN transaction_id = 101 THEN NULL ELSE user_id END AS user_id, \
+               CASE WHEN transaction_id = 102 THEN NULL ELSE status END AS status \
+               FROM transactions";
+    let checks = "[models.model.counted.checks]\n\
+                  not_null = [\"status\", \"transaction_id\"]\n\
+                  accepted_values = { merchant_id = [\"10\"], status = [\"SUCCESS\", \"FAILED\", \"PENDING\"] }\n\
+                  relationships = [{ column = \"user_id\", to = \"users\" }]\n\
+                  row_count = { min = 9 }\n";
+    let (result, dir) = run_with_settings(&[("counted.sql", sql)], checks).await;
+    let err = result.unwrap_err().to_string();
+    for expected in [
+        "4 check(s) failed",
+        "not_null(status) failed on 1 row(s)",
+        "accepted_values(merchant_id: 10) failed on 5 row(s)",
+        "relationships(user_id → users.user_id) failed on 1 row(s)",
+        "row_count(9..-) failed on 8 row(s)",
+        "| 102            |",                         // the not_null sample
+        "| 100            | 10          | 42      |", // the relationships sample
+    ] {
+        assert!(err.contains(expected), "{expected:?} not in:\n{err}");
+    }
+    for passed in ["not_null(transaction_id)", "accepted_values(status"] {
+        assert!(!err.contains(passed), "{passed} passed:\n{err}");
+    }
+    let lake = Lake::open(&local_config(dir.path(), dir.path(), "").lake, dir.path()).unwrap();
+    assert!(lake.read_manifest("counted").await.unwrap().is_none());
+    assert!(lake.list("counted").await.unwrap().is_empty());
+
+    // A check of a column the model does not have fails before anything is written.
+    let (result, dir) = run_with_settings(
+        &[("counted.sql", sql)],
+        "[models.model.counted.checks]\nnot_null = [\"no_such_column\"]\n",
+    )
+    .await;
+    let err = result.unwrap_err().to_string();
+    assert!(
+        err.contains("a check could not run (see [models.model.counted.checks]): the model has no column \"no_such_column\""),
+        "{err}"
+    );
+    let lake = Lake::open(&local_config(dir.path(), dir.path(), "").lake, dir.path()).unwrap();
+    assert!(lake.list("counted").await.unwrap().is_empty());
+}

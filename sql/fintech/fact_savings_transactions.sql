@@ -1,5 +1,7 @@
 -- Savings transactions at transaction grain, with keys to the plan and the user.
 -- Deposits are positive and withdrawals negative in signed_amount.
+-- The transactions stream in day order from stg_savings_transaction through the
+-- joins (the dimensions are the joins' build side): no sort before writing.
 -- sluice: partition_by = transaction_date
 -- In ClickHouse one partition per month: a year of days is 12 swaps, not 365.
 -- sluice: clickhouse_partition = month
@@ -12,7 +14,7 @@ SELECT t.transaction_id,
        t.currency,
        t.side,
        t.transaction_time,
-       CAST(t.transaction_time AS DATE) AS transaction_date
+       t.transaction_date
 FROM stg_savings_transaction AS t
 LEFT JOIN dim_savings_plan AS p ON p.plan_id = t.plan_id
 LEFT JOIN dim_users AS u ON u.user_id = t.user_id

@@ -1,13 +1,26 @@
 //! Data checks on a model's new rows, run before the model is published: each
-//! check is a query for the rows that break it, reported with their count and a
-//! few of them.
+//! check counts the rows that break it, and a failed check is reported with its
+//! count and a few of those rows.
+//!
+//! The checks decided row by row (`not_null`, `accepted_values`,
+//! `relationships`, `row_count`) are counted by [`RowChecks`] while the model is
+//! written, in the same pass; `unique` is a query on the written rows (an
+//! aggregate that can spill). The sample of a failed check is a query too, run
+//! only when the check failed.
 
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Schema};
+use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
+use datafusion::common::HashSet;
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 use serde::Serialize;
 
 use super::config::ChecksConfig;
+use super::keys::KeySet;
 
 /// Rows shown in a failed check's sample.
 pub const SAMPLE_ROWS: usize = 5;
@@ -49,54 +62,141 @@ pub fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
-/// Runs every check of `checks` against `model` as registered in `ctx`.
+/// The row-by-row checks of one model, counted on its rows as they are written
+/// ([`RowChecks::observe`]), then reported by [`run_checks`].
+#[derive(Default)]
+pub struct RowChecks {
+    /// `not_null`, then `accepted_values`, then `relationships`, in the order of
+    /// the configuration.
+    checks: Vec<RowCheck>,
+    /// Rows observed (for `row_count`).
+    rows: u64,
+}
+
+struct RowCheck {
+    /// What is checked, e.g. `not_null(user_key)`.
+    name: String,
+    /// SQL condition true on the rows that break it (for the sample).
+    breaks: String,
+    /// Index of the checked column.
+    column: usize,
+    rule: Rule,
+    failing: u64,
+}
+
+enum Rule {
+    NotNull,
+    /// The values allowed, compared as text (`CAST(column AS VARCHAR)`).
+    Accepted(HashSet<String>),
+    /// Counted with the keys referred to.
+    Refers(Arc<KeySet>),
+}
+
+impl RowChecks {
+    /// The row checks of `checks` on `model`, whose rows have `schema`.
+    /// `key_sets` holds, for each relationship of `checks` in order, the keys it
+    /// refers to. Fails when a checked column is not a column of the model.
+    pub fn new(
+        model: &str,
+        checks: &ChecksConfig,
+        schema: &Schema,
+        key_sets: Vec<Arc<KeySet>>,
+    ) -> Result<Self, String> {
+        let column = |name: &str| {
+            schema
+                .index_of(name)
+                .map_err(|_| format!("the model has no column {name:?}"))
+        };
+        let mut row_checks = Vec::new();
+        for name in &checks.not_null {
+            row_checks.push(RowCheck {
+                name: format!("not_null({name})"),
+                breaks: format!("{} IS NULL", quote(name)),
+                column: column(name)?,
+                rule: Rule::NotNull,
+                failing: 0,
+            });
+        }
+        for (name, values) in &checks.accepted_values {
+            let list = values
+                .iter()
+                .map(|v| literal(v))
+                .collect::<Vec<_>>()
+                .join(", ");
+            row_checks.push(RowCheck {
+                name: format!("accepted_values({name}: {})", values.join(", ")),
+                breaks: format!(
+                    "{c} IS NOT NULL AND CAST({c} AS VARCHAR) NOT IN ({list})",
+                    c = quote(name)
+                ),
+                column: column(name)?,
+                rule: Rule::Accepted(values.iter().cloned().collect()),
+                failing: 0,
+            });
+        }
+        for (rel, keys) in checks.relationships.iter().zip(key_sets) {
+            row_checks.push(RowCheck {
+                name: format!("relationships({} → {}.{})", rel.column, rel.to, rel.field()),
+                breaks: format!(
+                    "{m}.{c} IS NOT NULL AND NOT EXISTS \
+                     (SELECT 1 FROM {to} AS __parent WHERE __parent.{f} = {m}.{c})",
+                    m = quote(model),
+                    c = quote(&rel.column),
+                    to = quote(&rel.to),
+                    f = quote(rel.field()),
+                ),
+                column: column(&rel.column)?,
+                rule: Rule::Refers(keys),
+                failing: 0,
+            });
+        }
+        Ok(Self {
+            checks: row_checks,
+            rows: 0,
+        })
+    }
+
+    /// Counts the rows of `batch` that break each check.
+    pub fn observe(&mut self, batch: &RecordBatch) -> Result<(), ArrowError> {
+        self.rows += batch.num_rows() as u64;
+        for check in &mut self.checks {
+            let values = batch.column(check.column);
+            check.failing += match &check.rule {
+                Rule::NotNull => values.null_count() as u64,
+                Rule::Accepted(allowed) => {
+                    let text = arrow::compute::cast(values, &DataType::Utf8)?;
+                    let text = text.as_string::<i32>();
+                    text.iter()
+                        .filter(|v| v.is_some_and(|v| !allowed.contains(v)))
+                        .count() as u64
+                }
+                Rule::Refers(keys) => keys.orphans(batch)?,
+            };
+        }
+        Ok(())
+    }
+}
+
+/// The outcomes of every check of `checks` on `model` as registered in `ctx`
+/// (its new rows), in the order of the configuration's sections: `counted`
+/// holds the row checks counted while those rows were written.
 pub async fn run_checks(
     ctx: &SessionContext,
     model: &str,
     checks: &ChecksConfig,
+    counted: RowChecks,
 ) -> datafusion::error::Result<Vec<CheckOutcome>> {
     let m = quote(model);
-    // The checks decided row by row (not_null, accepted_values) are counted in one
-    // scan of the model; a sample is fetched only for a check that fails.
-    let mut row_checks = Vec::new();
-    for column in &checks.not_null {
-        row_checks.push((
-            format!("not_null({column})"),
-            format!("{} IS NULL", quote(column)),
-        ));
-    }
-    for (column, values) in &checks.accepted_values {
-        let list = values
-            .iter()
-            .map(|v| literal(v))
-            .collect::<Vec<_>>()
-            .join(", ");
-        row_checks.push((
-            format!("accepted_values({column}: {})", values.join(", ")),
-            format!(
-                "{c} IS NOT NULL AND CAST({c} AS VARCHAR) NOT IN ({list})",
-                c = quote(column)
-            ),
-        ));
-    }
-    let mut row_outcomes = Vec::new();
-    if !row_checks.is_empty() {
-        let counts = row_checks
-            .iter()
-            .map(|(_, breaks)| format!("count(CASE WHEN {breaks} THEN 1 END)"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut counts = integers(ctx, &format!("SELECT {counts} FROM {m}")).await?;
-        // An aggregate without GROUP BY has its one row even on no rows.
-        counts.resize(row_checks.len(), 0);
-        for ((check, breaks), failing_rows) in row_checks.into_iter().zip(counts) {
-            let rows = format!("SELECT * FROM {m} WHERE {breaks}");
-            row_outcomes.push(outcome(ctx, check, failing_rows, &rows).await?);
+    let mut outcomes = Vec::new();
+    let mut after_unique = Vec::new();
+    for check in counted.checks {
+        let rows = format!("SELECT * FROM {m} WHERE {}", check.breaks);
+        let outcome = outcome(ctx, check.name, check.failing, &rows).await?;
+        match check.rule {
+            Rule::NotNull => outcomes.push(outcome),
+            _ => after_unique.push(outcome),
         }
     }
-    // Reported in the order of the configuration's sections.
-    let accepted = row_outcomes.split_off(checks.not_null.len());
-    let mut outcomes = row_outcomes;
     for columns in &checks.unique {
         let list = columns
             .split(',')
@@ -115,26 +215,9 @@ pub async fn run_checks(
         let worst = format!("{duplicates} ORDER BY duplicate_rows DESC");
         outcomes.push(outcome(ctx, check, total, &worst).await?);
     }
-    outcomes.extend(accepted);
-    for rel in &checks.relationships {
-        let rows = format!(
-            "SELECT * FROM {m} AS __child WHERE __child.{c} IS NOT NULL AND NOT EXISTS \
-             (SELECT 1 FROM {to} AS __parent WHERE __parent.{f} = __child.{c})",
-            c = quote(&rel.column),
-            to = quote(&rel.to),
-            f = quote(rel.field()),
-        );
-        outcomes.push(
-            failing(
-                ctx,
-                format!("relationships({} → {}.{})", rel.column, rel.to, rel.field()),
-                &rows,
-            )
-            .await?,
-        );
-    }
+    outcomes.extend(after_unique);
     if let Some(bounds) = checks.row_count {
-        let rows = scalar(ctx, &format!("SELECT count(*) FROM {m}")).await?;
+        let rows = counted.rows;
         let low = bounds.min.is_some_and(|min| rows < min);
         let high = bounds.max.is_some_and(|max| rows > max);
         let describe = |b: Option<u64>| b.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
@@ -153,16 +236,6 @@ pub async fn run_checks(
         });
     }
     Ok(outcomes)
-}
-
-/// The count of the rows of `rows_sql`, and a sample of them when there are any.
-async fn failing(
-    ctx: &SessionContext,
-    check: String,
-    rows_sql: &str,
-) -> datafusion::error::Result<CheckOutcome> {
-    let count = scalar(ctx, &format!("SELECT count(*) FROM ({rows_sql})")).await?;
-    outcome(ctx, check, count, rows_sql).await
 }
 
 /// The outcome of `check` broken by `failing_rows` rows, with a sample of
@@ -198,7 +271,6 @@ async fn scalar(ctx: &SessionContext, sql: &str) -> datafusion::error::Result<u6
 
 /// The integers of the first row of a query, one per column (NULL as 0).
 async fn integers(ctx: &SessionContext, sql: &str) -> datafusion::error::Result<Vec<u64>> {
-    use arrow::array::AsArray;
     let batches = collect(ctx, sql).await?;
     let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
         return Ok(Vec::new());
@@ -207,7 +279,7 @@ async fn integers(ctx: &SessionContext, sql: &str) -> datafusion::error::Result<
         .columns()
         .iter()
         .map(|column| {
-            let column = arrow::compute::cast(column, &arrow::datatypes::DataType::UInt64)?;
+            let column = arrow::compute::cast(column, &DataType::UInt64)?;
             let column = column.as_primitive::<arrow::datatypes::UInt64Type>();
             Ok(if column.is_valid(0) {
                 column.value(0)
@@ -227,5 +299,3 @@ async fn collect(ctx: &SessionContext, sql: &str) -> datafusion::error::Result<V
         .try_collect()
         .await
 }
-
-use arrow::array::Array as _;

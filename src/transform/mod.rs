@@ -7,6 +7,8 @@
 //! - [`models`] runs one model: plan, write Parquet, run its [`checks`], commit its
 //!   manifest, load ClickHouse.
 //! - [`checks`] are the data checks declared per model in the config.
+//! - [`keys`] holds the keys a model's rows refer to, for `drop_unmatched` and
+//!   the `relationships` check.
 //!
 //! Dedup ("latest row per key by version") is plain SQL, usable in any model:
 //!
@@ -17,6 +19,7 @@
 
 pub mod checks;
 pub mod config;
+pub mod keys;
 pub mod models;
 pub mod project;
 
