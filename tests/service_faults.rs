@@ -383,14 +383,18 @@ batch_rows = 1000
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for the extract query to be running, then kill its backend.
+    // Wait for the extract query to be running, then kill its backend. Active
+    // only: connectorx's pool keeps idle connections whose last query (the
+    // schema probe) names sluice_src too, and killing one of those is no fault
+    // of the read.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut killed = 0;
     while killed == 0 && Instant::now() < deadline {
         let rows = pg
             .lines(&format!(
                 "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity
-                 WHERE datname = '{name}' AND pid <> pg_backend_pid() AND query LIKE '%sluice_src%'"
+                 WHERE datname = '{name}' AND pid <> pg_backend_pid() AND state = 'active'
+                   AND query LIKE '%sluice_src%' AND query LIKE 'COPY%'"
             ))
             .await;
         killed = rows.len();
