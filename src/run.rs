@@ -15,12 +15,17 @@
 //! makes the next run re-read from the old watermark, which merges by key (no
 //! duplicates) and loads the pending days again (replace, not append).
 //!
+//! The SQL models run beside the tables: each starts once the tables it reads have
+//! reached step 2 above, the lake showing their new files ([`LakeCommits`]).
+//!
 //! A backfill (`RunOptions::backfill`, see [`crate::capture::backfill`]) is the same
 //! run over a range of the cursor, whose commits keep the watermark and boundary
 //! keys as they were.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path as FsPath;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::datatypes::SchemaRef;
@@ -110,13 +115,89 @@ pub struct RunReport {
     /// Set when the run was a backfill of these days of the cursor.
     pub backfill: Option<BackfillRange>,
     pub tables: Vec<TableReport>,
-    /// The SQL models run after the tables (see `src/transform/`).
+    /// The SQL models, run beside the tables (see `src/transform/`).
     pub models: Vec<crate::transform::ModelReport>,
     pub error: Option<String>,
 }
 
-/// Runs the pipeline. On a table's failure the run stops there and returns the
-/// error; the tables before it stay committed.
+/// Which tables of a run have committed their new lake version: the SQL models
+/// run beside the tables, each as soon as every table it reads is committed
+/// (its ClickHouse load may still be going on; models read the lake).
+#[derive(Debug)]
+pub struct LakeCommits {
+    state: tokio::sync::watch::Sender<BTreeMap<String, Commit>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    Pending,
+    Committed,
+    /// The table failed, or did not start after another one failed.
+    Failed,
+}
+
+impl LakeCommits {
+    /// The tables of a run, none committed yet.
+    pub fn new(tables: impl IntoIterator<Item = String>) -> Self {
+        let state = tables.into_iter().map(|t| (t, Commit::Pending)).collect();
+        Self {
+            state: tokio::sync::watch::Sender::new(state),
+        }
+    }
+
+    /// Whether `table` is one of the run's tables (the others are read as the
+    /// lake has them).
+    pub fn in_run(&self, table: &str) -> bool {
+        self.state.borrow().contains_key(table)
+    }
+
+    fn set(&self, table: &str, to: Commit) {
+        self.state.send_modify(|state| {
+            if let Some(commit) = state.get_mut(table) {
+                if *commit == Commit::Pending {
+                    *commit = to;
+                }
+            }
+        });
+    }
+
+    /// `table`'s new version is in the lake.
+    pub fn committed(&self, table: &str) {
+        self.set(table, Commit::Committed);
+    }
+
+    /// `table` failed or will not run: what reads it will not run either.
+    pub fn failed(&self, table: &str) {
+        self.set(table, Commit::Failed);
+    }
+
+    /// Waits until every one of `tables` that is in the run is committed; the
+    /// name of one that failed instead.
+    pub async fn wait(&self, tables: &BTreeSet<String>) -> std::result::Result<(), String> {
+        let mut changes = self.state.subscribe();
+        let state = changes
+            .wait_for(|state| {
+                tables
+                    .iter()
+                    .all(|t| state.get(t) != Some(&Commit::Pending))
+            })
+            .await
+            .expect("the sender lives in self");
+        match tables
+            .iter()
+            .find(|t| state.get(*t) == Some(&Commit::Failed))
+        {
+            Some(failed) => Err(failed.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs the pipeline: the tables, up to `jobs` at a time, and beside them the
+/// SQL models, each once the tables it reads are committed to the lake. After a
+/// table's failure no further table starts (those already started finish and
+/// commit on their own), and the models that read a table that failed or did
+/// not run are skipped; the run returns the first error.
 pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result<RunReport> {
     if let Some(unknown) = options.tables.iter().find(|t| config.table(t).is_none()) {
         return Err(Error::Config(crate::error::ConfigError::Invalid {
@@ -162,62 +243,69 @@ pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result
         models: Vec::new(),
         error: None,
     };
-    // Up to `jobs` tables at a time, reported in config order. After a failure no
-    // further table starts; those already started finish (each commits on its own).
-    let failed = std::sync::atomic::AtomicBool::new(false);
-    let selected = config
+    // Up to `jobs` tables at a time, each on a task of its own, reported in
+    // config order. After a failure no further table starts; those already
+    // started finish (each commits on its own).
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        lake: lake.clone(),
+        warehouse,
+        run_id: run_id.clone(),
+        options: options.clone(),
+        failed: AtomicBool::new(false),
+    });
+    let selected: Vec<String> = config
         .tables
         .iter()
-        .filter(|t| options.tables.is_empty() || options.tables.contains(&t.name));
-    let runs = selected.enumerate().map(|(index, table)| {
-        let (lake, warehouse, run_id, failed) = (&lake, warehouse.as_ref(), &run_id, &failed);
-        async move {
-            if failed.load(std::sync::atomic::Ordering::SeqCst) {
-                return (index, None);
-            }
-            let span = info_span!("table", table = %table.name);
-            let progress = crate::progress::table(&table.name);
-            let ctx = TableRun {
-                config,
-                table,
-                lake,
-                warehouse,
-                run_id,
-                allow_schema_change: options.allow_schema_change,
-                backfill: options.backfill.as_ref(),
-                progress: &progress,
-            };
-            let outcome = async {
-                let lock = TableLock::acquire(lake, &table.name, run_id).await?;
-                let outcome = match table.mode {
-                    crate::config::CaptureMode::Watermark => ctx.run().await,
-                    crate::config::CaptureMode::ChangeStream => {
-                        progress.stage(Stage::Snapshot, None);
-                        crate::capture::change_stream::run_table(
-                            config, table, lake, warehouse, run_id,
-                        )
-                        .await
-                    }
-                    crate::config::CaptureMode::Snapshot
-                    | crate::config::CaptureMode::SnapshotDiff => {
-                        progress.stage(Stage::Snapshot, None);
-                        crate::capture::snapshot::run_table(config, table, lake, warehouse, run_id)
-                            .await
-                    }
-                };
-                // A failed release leaves a lock that expires (or is seen as dead) later.
-                if let Err(e) = lock.release().await {
-                    warn!(error = %e, "Could not release the table lock.");
-                }
-                outcome
-            }
-            .instrument(span)
+        .filter(|t| options.tables.is_empty() || options.tables.contains(&t.name))
+        .map(|t| t.name.clone())
+        .collect();
+    let commits = Arc::new(LakeCommits::new(selected.iter().cloned()));
+    let models = config.models.is_some().then(|| {
+        let (shared, commits, base) = (
+            Arc::clone(&shared),
+            Arc::clone(&commits),
+            base.to_path_buf(),
+        );
+        tokio::spawn(async move {
+            let mut reports = Vec::new();
+            let outcome = crate::transform::models::run_after_tables(
+                &shared.config,
+                &base,
+                &shared.lake,
+                shared.warehouse.as_ref(),
+                &shared.run_id,
+                &Default::default(),
+                Some(&commits),
+                &mut reports,
+            )
             .await;
+            (outcome, reports)
+        })
+    });
+    let runs = selected.into_iter().enumerate().map(|(index, name)| {
+        let (shared, commits) = (Arc::clone(&shared), Arc::clone(&commits));
+        async move {
+            let task = tokio::spawn(run_table(
+                Arc::clone(&shared),
+                name.clone(),
+                Arc::clone(&commits),
+            ));
+            let outcome = match task.await {
+                Ok(outcome) => outcome,
+                Err(e) => Some(Err(Error::capture(
+                    &name,
+                    format!("the table's run stopped: {e}"),
+                ))),
+            };
             match &outcome {
-                Ok(_) => progress.finish(),
-                Err(_) => failed.store(true, std::sync::atomic::Ordering::SeqCst),
+                Some(Ok(_)) => commits.committed(&name),
+                _ => {
+                    shared.failed.store(true, Ordering::SeqCst);
+                    commits.failed(&name);
+                }
             }
-            (index, Some(outcome))
+            (index, outcome)
         }
     });
     // Unordered: a long table does not keep the next ones from starting.
@@ -237,20 +325,18 @@ pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result
             Err(e) => warn!(error = %e, "Another table failed too."),
         }
     }
-    if failure.is_none() {
-        if let Err(e) = crate::transform::models::run_after_tables(
-            config,
-            base,
-            &lake,
-            warehouse.as_ref(),
-            &run_id,
-            &Default::default(),
-            &mut report.models,
-        )
-        .await
-        {
-            report.error = Some(e.to_string());
-            failure = Some(e);
+    if let Some(models) = models {
+        let (outcome, reports) = models
+            .await
+            .map_err(|e| Error::Query(format!("the models' run stopped: {e}")))?;
+        report.models = reports;
+        if let Err(e) = outcome {
+            if failure.is_none() {
+                report.error = Some(e.to_string());
+                failure = Some(e);
+            } else {
+                warn!(error = %e, "The models failed too.");
+            }
         }
     }
     report.finished_at = chrono::Utc::now().to_rfc3339();
@@ -267,6 +353,77 @@ pub async fn run(config: &Config, base: &FsPath, options: &RunOptions) -> Result
     }
 }
 
+/// What the tasks of one run share.
+struct Shared {
+    config: Config,
+    lake: Lake,
+    warehouse: Option<Warehouse>,
+    run_id: String,
+    options: RunOptions,
+    /// A table failed: no further table starts.
+    failed: AtomicBool,
+}
+
+/// One table's run (None: not started, after another table failed).
+async fn run_table(
+    shared: Arc<Shared>,
+    name: String,
+    commits: Arc<LakeCommits>,
+) -> Option<Result<TableReport>> {
+    if shared.failed.load(Ordering::SeqCst) {
+        return None;
+    }
+    let Shared {
+        config,
+        lake,
+        warehouse,
+        run_id,
+        options,
+        ..
+    } = shared.as_ref();
+    let warehouse = warehouse.as_ref();
+    let table = config.table(&name).expect("a table of the config");
+    let span = info_span!("table", table = %table.name);
+    let progress = crate::progress::table(&table.name);
+    let ctx = TableRun {
+        config,
+        table,
+        lake,
+        warehouse,
+        run_id,
+        allow_schema_change: options.allow_schema_change,
+        backfill: options.backfill.as_ref(),
+        progress: &progress,
+        commits: &commits,
+    };
+    let outcome = async {
+        let lock = TableLock::acquire(lake, &table.name, run_id).await?;
+        let outcome = match table.mode {
+            crate::config::CaptureMode::Watermark => ctx.run().await,
+            crate::config::CaptureMode::ChangeStream => {
+                progress.stage(Stage::Snapshot, None);
+                crate::capture::change_stream::run_table(config, table, lake, warehouse, run_id)
+                    .await
+            }
+            crate::config::CaptureMode::Snapshot | crate::config::CaptureMode::SnapshotDiff => {
+                progress.stage(Stage::Snapshot, None);
+                crate::capture::snapshot::run_table(config, table, lake, warehouse, run_id).await
+            }
+        };
+        // A failed release leaves a lock that expires (or is seen as dead) later.
+        if let Err(e) = lock.release().await {
+            warn!(error = %e, "Could not release the table lock.");
+        }
+        outcome
+    }
+    .instrument(span)
+    .await;
+    if outcome.is_ok() {
+        progress.finish();
+    }
+    Some(outcome)
+}
+
 struct TableRun<'a> {
     config: &'a Config,
     table: &'a TableConfig,
@@ -276,6 +433,8 @@ struct TableRun<'a> {
     allow_schema_change: bool,
     backfill: Option<&'a Backfill>,
     progress: &'a TableProgress,
+    /// Told when the table's lake version is committed (before ClickHouse).
+    commits: &'a LakeCommits,
 }
 
 /// Days merged at the same time by an incremental run. A day's merge is mostly
@@ -596,6 +755,8 @@ impl TableRun<'_> {
             .await?;
         fault::point("lake.after_delete");
         report.stages.commit = stage.elapsed().as_secs_f64();
+        // The models that read the table may start; ClickHouse loads meanwhile.
+        self.commits.committed(name);
         info!(
             partitions = touched.len(),
             version = next.version,

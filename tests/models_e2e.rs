@@ -196,3 +196,109 @@ async fn ewallet_marts_in_clickhouse_equal_datafusion() {
     ch_exec(&format!("DROP DATABASE IF EXISTS `{name}`")).await;
     pg.drop().await;
 }
+
+/// In `sluice run` the models run beside the tables: a model whose tables are
+/// committed runs, and one that reads a table that failed is skipped, naming it,
+/// with what depends on it; the run fails with the table's error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_runs_once_its_tables_commit_and_is_skipped_when_one_fails() {
+    let name = unique("models_tables_fail");
+    let pg = PgDb::create(&name).await;
+    pg.exec(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, amount bigint NOT NULL,
+                              created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
+         INSERT INTO orders SELECT g, g * 10, timestamptz '2026-01-05 00:00:00+00' + g * interval '7 hours',
+                                   timestamptz '2026-01-10 00:00:00+00' FROM generate_series(1, 20) g;",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(
+        models.join("order_totals.sql"),
+        "SELECT count(*) AS orders, sum(amount) AS amount FROM orders",
+    )
+    .unwrap();
+    std::fs::write(models.join("from_missing.sql"), "SELECT id FROM missing").unwrap();
+    std::fs::write(
+        models.join("after_missing.sql"),
+        "SELECT id FROM from_missing",
+    )
+    .unwrap();
+    let table = |table: &str, source_table: &str| {
+        format!(
+            "[[table]]\nname = \"{table}\"\nsource = \"app\"\nsource_table = \"{source_table}\"\n\
+             cursor = \"updated_at\"\nkey = [\"id\"]\npartition_by = \"created_at\"\n"
+        )
+    };
+    let text = format!(
+        "[lake]\nurl = \"{lake}\"\n\n[sources.app]\nkind = \"postgres\"\nurl = \"{url}\"\n\n{missing}\n{orders}\n\
+         [models]\npath = \"{models}\"\n",
+        lake = dir.path().join("lake").display(),
+        url = pg.url,
+        // First in the config: it fails before the other table commits.
+        missing = table("missing", "public.no_such_table"),
+        orders = table("orders", "public.orders"),
+        models = models.display(),
+    );
+    let config = sluice::Config::from_toml(&text, &|_| None).unwrap();
+    let options = sluice::run::RunOptions {
+        jobs: 2,
+        ..Default::default()
+    };
+    let err = sluice::run::run(&config, dir.path(), &options)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no_such_table"), "{err}");
+
+    let lake = sluice::lake::Lake::open(&config.lake, dir.path()).unwrap();
+    let runs = lake.list("_sluice/runs").await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("lake/_sluice/runs").join(&runs[0].0)).unwrap(),
+    )
+    .unwrap();
+    let model = |name: &str| {
+        report["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["model"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {report:#}"))
+            .clone()
+    };
+    assert_eq!(model("order_totals")["status"], "published", "{report:#}");
+    assert_eq!(model("order_totals")["rows"], 1);
+    assert_eq!(model("from_missing")["status"], "skipped");
+    assert_eq!(
+        model("from_missing")["error"],
+        "not run: table missing failed or did not run"
+    );
+    assert_eq!(model("after_missing")["status"], "skipped");
+    assert_eq!(report["tables"][0]["table"], "orders", "{report:#}");
+
+    // The model read the run's commit of orders: its 20 rows.
+    let totals = lake.read_manifest("order_totals").await.unwrap().unwrap();
+    assert_eq!(totals.rows(), 1);
+    let session = sluice::query::LakeSession::open(&config, dir.path())
+        .await
+        .unwrap();
+    let batches: Vec<arrow::record_batch::RecordBatch> = futures::TryStreamExt::try_collect(
+        session
+            .execute(
+                "SELECT CAST(orders AS BIGINT) AS o, CAST(amount AS BIGINT) AS a FROM order_totals",
+            )
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string(),
+        "+----+------+\n| o  | a    |\n+----+------+\n| 20 | 2100 |\n+----+------+"
+    );
+    pg.drop().await;
+}

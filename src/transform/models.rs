@@ -49,6 +49,7 @@ use crate::lake::manifest::{FileEntry, Manifest, PartitionEntry};
 use crate::lake::writer::{day_string, split_by_day, FileRoller};
 use crate::lake::Lake;
 use crate::query::{lake_session, register_lake_store, LakeTable};
+use crate::run::LakeCommits;
 use crate::warehouse::ddl::{column_type, ident, partition_expression_for};
 use crate::warehouse::Warehouse;
 
@@ -158,6 +159,7 @@ pub async fn run_models(
         warehouse.as_ref(),
         &run_id,
         options,
+        None,
         &mut reports,
     )
     .await?;
@@ -168,6 +170,11 @@ pub async fn run_models(
 /// report per model onto `reports`. Fails with [`ModelError::Run`] when a model
 /// failed, after running every model that does not depend on it; a lake or
 /// ClickHouse error stops the run at once.
+///
+/// With `commits` (a `sluice run`), the run's tables are still being extracted:
+/// each model waits until the tables it reads are committed, and is skipped
+/// when one of them failed or did not run.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_after_tables(
     config: &Config,
     base: &FsPath,
@@ -175,16 +182,18 @@ pub async fn run_after_tables(
     warehouse: Option<&Warehouse>,
     run_id: &str,
     options: &ModelsOptions,
+    commits: Option<&LakeCommits>,
     reports: &mut Vec<ModelReport>,
 ) -> Result<()> {
     let Some(models_config) = &config.models else {
         return Ok(());
     };
+    let in_run = |table: &str| commits.is_some_and(|c| c.in_run(table));
     let runner = Runner::open(config, models_config, base, lake, warehouse, run_id).await?;
-    // Every table a model reads must be in the lake: a missing one fails the
-    // models before any runs.
+    // The tables outside the run are read as the lake has them now; a missing
+    // one fails the models before any runs.
     for model in &runner.project.models {
-        runner.register_tables(model, |_| true).await?;
+        runner.register_tables(model, |t| !in_run(t)).await?;
     }
     if let Some(unknown) = options
         .models
@@ -215,6 +224,18 @@ pub async fn run_after_tables(
             reports.push(report);
             skipped.push(model.name.clone());
             continue;
+        }
+        if let Some(commits) = commits {
+            if let Err(table) = commits.wait(&model.tables).await {
+                warn!(model = %model.name, table = %table, "Model skipped: a table it reads failed or did not run.");
+                let mut report = ModelReport::new(&model.name, ModelStatus::Skipped);
+                report.error = Some(format!("not run: table {table} failed or did not run"));
+                reports.push(report);
+                skipped.push(model.name.clone());
+                continue;
+            }
+            // Their new versions, committed in this run.
+            runner.register_tables(model, in_run).await?;
         }
         let span = info_span!("model", model = %model.name);
         let started = Instant::now();
