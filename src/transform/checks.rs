@@ -90,17 +90,22 @@ enum Rule {
     Accepted(HashSet<String>),
     /// Counted with the keys referred to.
     Refers(Arc<KeySet>),
+    /// The same relationship is a `drop_unmatched` of the model: the rows without
+    /// a match were dropped before they were counted, none is left to find.
+    Enforced,
 }
 
 impl RowChecks {
     /// The row checks of `checks` on `model`, whose rows have `schema`.
     /// `key_sets` holds, for each relationship of `checks` in order, the keys it
-    /// refers to. Fails when a checked column is not a column of the model.
+    /// refers to; `dropped` the key sets of the model's `drop_unmatched`. Fails
+    /// when a checked column is not a column of the model.
     pub fn new(
         model: &str,
         checks: &ChecksConfig,
         schema: &Schema,
         key_sets: Vec<Arc<KeySet>>,
+        dropped: &[Arc<KeySet>],
     ) -> Result<Self, String> {
         let column = |name: &str| {
             schema
@@ -146,7 +151,11 @@ impl RowChecks {
                     f = quote(rel.field()),
                 ),
                 column: column(&rel.column)?,
-                rule: Rule::Refers(keys),
+                rule: if dropped.iter().any(|d| Arc::ptr_eq(d, &keys)) {
+                    Rule::Enforced
+                } else {
+                    Rule::Refers(keys)
+                },
                 failing: 0,
             });
         }
@@ -171,6 +180,7 @@ impl RowChecks {
                         .count() as u64
                 }
                 Rule::Refers(keys) => keys.orphans(batch)?,
+                Rule::Enforced => 0,
             };
         }
         Ok(())

@@ -399,7 +399,7 @@ impl<'a> Runner<'a> {
         // rows kept, in the same pass.
         let schema = frame.schema().as_arrow().clone();
         let (drop, refers) = self.key_sets(model, &schema).await.map_err(no_checks)?;
-        let row_checks = RowChecks::new(name, &model.settings.checks, &schema, refers)
+        let row_checks = RowChecks::new(name, &model.settings.checks, &schema, refers, &drop)
             .map_err(|message| no_checks(check_error(model, message)))?;
         let row_checks = Arc::new(Mutex::new(row_checks));
         let partition_by = model.settings.partition_by.clone();
