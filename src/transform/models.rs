@@ -219,19 +219,15 @@ pub async fn run_after_tables(
             .find(|d| failed.contains(d) || skipped.contains(d))
         {
             warn!(model = %model.name, upstream = %blocked, "Model skipped: a model it reads was not published.");
-            let mut report = ModelReport::new(&model.name, ModelStatus::Skipped);
-            report.error = Some(format!("not run: {blocked} was not published"));
-            reports.push(report);
-            skipped.push(model.name.clone());
+            let why = format!("not run: {blocked} was not published");
+            skip(model, why, reports, &mut skipped);
             continue;
         }
         if let Some(commits) = commits {
             if let Err(table) = commits.wait(&model.tables).await {
                 warn!(model = %model.name, table = %table, "Model skipped: a table it reads failed or did not run.");
-                let mut report = ModelReport::new(&model.name, ModelStatus::Skipped);
-                report.error = Some(format!("not run: table {table} failed or did not run"));
-                reports.push(report);
-                skipped.push(model.name.clone());
+                let why = format!("not run: table {table} failed or did not run");
+                skip(model, why, reports, &mut skipped);
                 continue;
             }
             // Their new versions, committed in this run.
@@ -281,6 +277,15 @@ pub async fn run_after_tables(
         }
         .into())
     }
+}
+
+/// Reports `model` as skipped because of `why`; the models that read it are
+/// skipped in turn.
+fn skip(model: &Model, why: String, reports: &mut Vec<ModelReport>, skipped: &mut Vec<String>) {
+    let mut report = ModelReport::new(&model.name, ModelStatus::Skipped);
+    report.error = Some(why);
+    reports.push(report);
+    skipped.push(model.name.clone());
 }
 
 /// The session and settings shared by the models of one run.
