@@ -334,14 +334,19 @@ async fn checks_counted_while_writing_follow_their_sql_meaning() {
                FROM transactions";
     let checks = "[models.model.counted.checks]\n\
                   not_null = [\"status\", \"transaction_id\"]\n\
+                  unique = [\"merchant_id\", \"transaction_id\", \"merchant_id, status\"]\n\
                   accepted_values = { merchant_id = [\"10\"], status = [\"SUCCESS\", \"FAILED\", \"PENDING\"] }\n\
                   relationships = [{ column = \"user_id\", to = \"users\" }]\n\
                   row_count = { min = 9 }\n";
     let (result, dir) = run_with_settings(&[("counted.sql", sql)], checks).await;
     let err = result.unwrap_err().to_string();
     for expected in [
-        "4 check(s) failed",
+        "6 check(s) failed",
         "not_null(status) failed on 1 row(s)",
+        // 10 three times, 20 five times: every row of a repeated key.
+        "unique(merchant_id) failed on 8 row(s)",
+        // (10, SUCCESS) twice, (20, SUCCESS) three times.
+        "unique(merchant_id, status) failed on 5 row(s)",
         "accepted_values(merchant_id: 10) failed on 5 row(s)",
         "relationships(user_id → users.user_id) failed on 1 row(s)",
         "row_count(9..-) failed on 8 row(s)",
@@ -350,7 +355,11 @@ async fn checks_counted_while_writing_follow_their_sql_meaning() {
     ] {
         assert!(err.contains(expected), "{expected:?} not in:\n{err}");
     }
-    for passed in ["not_null(transaction_id)", "accepted_values(status"] {
+    for passed in [
+        "not_null(transaction_id)",
+        "accepted_values(status",
+        "unique(transaction_id)",
+    ] {
         assert!(!err.contains(passed), "{passed} passed:\n{err}");
     }
     let lake = Lake::open(&local_config(dir.path(), dir.path(), "").lake, dir.path()).unwrap();

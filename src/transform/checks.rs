@@ -2,15 +2,16 @@
 //! check counts the rows that break it, and a failed check is reported with its
 //! count and a few of those rows.
 //!
-//! The checks decided row by row (`not_null`, `accepted_values`,
-//! `relationships`, `row_count`) are counted by [`RowChecks`] while the model is
-//! written, in the same pass; `unique` is a query on the written rows (an
-//! aggregate that can spill). The sample of a failed check is a query too, run
-//! only when the check failed.
+//! Every check is counted by [`RowChecks`] while the model is written, in the
+//! same pass: `not_null`, `accepted_values`, `relationships` and `row_count`
+//! row by row, `unique` by holding the keys seen while they fit
+//! [`UNIQUE_MEMORY_BYTES`]; a `unique` check whose keys outgrow it is a query on
+//! the written rows instead (an aggregate that spills). The sample of a failed
+//! check is a query too, run only when the check failed.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray};
+use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, Schema};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
@@ -20,7 +21,11 @@ use futures::TryStreamExt;
 use serde::Serialize;
 
 use super::config::ChecksConfig;
-use super::keys::KeySet;
+use super::keys::{KeySet, KeyValues};
+
+/// Memory each `unique` check may hold in the writing pass (the keys seen, e.g.
+/// 36 MiB for 3M integer keys); beyond, it is counted by a query afterwards.
+pub const UNIQUE_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 
 /// Rows shown in a failed check's sample.
 pub const SAMPLE_ROWS: usize = 5;
@@ -69,8 +74,61 @@ pub struct RowChecks {
     /// `not_null`, then `accepted_values`, then `relationships`, in the order of
     /// the configuration.
     checks: Vec<RowCheck>,
+    /// The `unique` checks, in the order of the configuration.
+    unique: Vec<UniqueCheck>,
     /// Rows observed (for `row_count`).
     rows: u64,
+}
+
+/// One `unique` check counted in the writing pass: rows whose key was seen
+/// before, and the distinct keys seen more than once, so that the failing rows
+/// are every row of a repeated key, as `GROUP BY … HAVING count(*) > 1` counts.
+struct UniqueCheck {
+    /// Indices of the key columns.
+    columns: Vec<usize>,
+    /// The keys seen; `None` once they outgrew `budget`.
+    seen: Option<KeyValues>,
+    /// [`UNIQUE_MEMORY_BYTES`].
+    budget: usize,
+    repeated: KeyValues,
+    /// Rows whose key was seen before.
+    repeats: u64,
+    /// Rows whose single key column is NULL (one `GROUP BY` group).
+    nulls: u64,
+}
+
+impl UniqueCheck {
+    fn observe(&mut self, batch: &RecordBatch) -> Result<(), ArrowError> {
+        let Some(seen) = &mut self.seen else {
+            return Ok(());
+        };
+        let columns: Vec<ArrayRef> = self
+            .columns
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        if seen.skips_nulls() {
+            self.nulls += columns[0].null_count() as u64;
+        }
+        let mut rows = Vec::new();
+        seen.insert(&columns, |row| rows.push(row))?;
+        self.repeats += rows.len() as u64;
+        for row in rows {
+            let key: Vec<ArrayRef> = columns.iter().map(|c| c.slice(row, 1)).collect();
+            self.repeated.insert(&key, |_| {})?;
+        }
+        if seen.memory_bytes() + self.repeated.memory_bytes() > self.budget {
+            self.seen = None;
+        }
+        Ok(())
+    }
+
+    /// The rows breaking the check, when it was counted to the end.
+    fn failing(&self) -> Option<u64> {
+        self.seen.as_ref()?;
+        let null_group = if self.nulls > 1 { self.nulls } else { 0 };
+        Some(self.repeats + self.repeated.len() as u64 + null_group)
+    }
 }
 
 struct RowCheck {
@@ -159,8 +217,29 @@ impl RowChecks {
                 failing: 0,
             });
         }
+        let mut unique = Vec::new();
+        for list in &checks.unique {
+            let columns = list
+                .split(',')
+                .map(|c| column(c.trim()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let types: Vec<DataType> = columns
+                .iter()
+                .map(|&i| schema.field(i).data_type().clone())
+                .collect();
+            let keys = || KeyValues::new(&types).map_err(|e| e.to_string());
+            unique.push(UniqueCheck {
+                columns,
+                seen: Some(keys()?),
+                budget: UNIQUE_MEMORY_BYTES,
+                repeated: keys()?,
+                repeats: 0,
+                nulls: 0,
+            });
+        }
         Ok(Self {
             checks: row_checks,
+            unique,
             rows: 0,
         })
     }
@@ -183,13 +262,17 @@ impl RowChecks {
                 Rule::Enforced => 0,
             };
         }
+        for check in &mut self.unique {
+            check.observe(batch)?;
+        }
         Ok(())
     }
 }
 
 /// The outcomes of every check of `checks` on `model` as registered in `ctx`
 /// (its new rows), in the order of the configuration's sections: `counted`
-/// holds the row checks counted while those rows were written.
+/// holds the checks counted while those rows were written (a `unique` check
+/// that outgrew its memory is counted here, by a query).
 pub async fn run_checks(
     ctx: &SessionContext,
     model: &str,
@@ -207,7 +290,7 @@ pub async fn run_checks(
             _ => after_unique.push(outcome),
         }
     }
-    for columns in &checks.unique {
+    for (columns, counted) in checks.unique.iter().zip(&counted.unique) {
         let list = columns
             .split(',')
             .map(|c| quote(c.trim()))
@@ -217,11 +300,18 @@ pub async fn run_checks(
             "SELECT {list}, count(*) AS duplicate_rows FROM {m} GROUP BY {list} HAVING count(*) > 1"
         );
         let check = format!("unique({columns})");
-        let total = scalar(
-            ctx,
-            &format!("SELECT CAST(COALESCE(sum(duplicate_rows), 0) AS BIGINT) FROM ({duplicates})"),
-        )
-        .await?;
+        let total = match counted.failing() {
+            Some(total) => total,
+            None => {
+                scalar(
+                    ctx,
+                    &format!(
+                    "SELECT CAST(COALESCE(sum(duplicate_rows), 0) AS BIGINT) FROM ({duplicates})"
+                ),
+                )
+                .await?
+            }
+        };
         let worst = format!("{duplicates} ORDER BY duplicate_rows DESC");
         outcomes.push(outcome(ctx, check, total, &worst).await?);
     }
@@ -308,4 +398,43 @@ async fn collect(ctx: &SessionContext, sql: &str) -> datafusion::error::Result<V
         .await?
         .try_collect()
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::Int64Array;
+    use arrow::datatypes::Field;
+
+    use super::*;
+
+    fn batch(ids: Vec<Option<i64>>) -> RecordBatch {
+        let schema = Schema::new(vec![Field::new("id", DataType::Int64, true)]);
+        RecordBatch::try_new(Arc::new(schema), vec![Arc::new(Int64Array::from(ids))]).unwrap()
+    }
+
+    #[test]
+    fn unique_counts_every_row_of_a_repeated_key_and_gives_up_past_its_budget() {
+        let config = ChecksConfig {
+            unique: vec!["id".into()],
+            ..Default::default()
+        };
+        let schema = batch(vec![]).schema();
+        let mut checks = RowChecks::new("m", &config, &schema, Vec::new(), &[]).unwrap();
+        checks
+            .observe(&batch(vec![Some(1), Some(2), Some(2), None]))
+            .unwrap();
+        checks
+            .observe(&batch(vec![Some(3), Some(3), Some(3), None, Some(4)]))
+            .unwrap();
+        // 2 twice, 3 three times, NULL twice (one group, as in GROUP BY).
+        assert_eq!(checks.unique[0].failing(), Some(7));
+        assert_eq!(checks.rows, 9);
+
+        let mut checks = RowChecks::new("m", &config, &schema, Vec::new(), &[]).unwrap();
+        checks.unique[0].budget = 0;
+        checks.observe(&batch(vec![Some(1)])).unwrap();
+        assert_eq!(checks.unique[0].failing(), None, "left to the query");
+    }
 }
