@@ -102,7 +102,8 @@ pub struct ClickHouseConfig {
     /// docker-compose. Defaults to `AWS_ENDPOINT`.
     #[serde(default)]
     pub s3_endpoint: Option<String>,
-    /// Days loaded by one `INSERT … SELECT FROM s3()` and one `ALTER TABLE …
+    /// ClickHouse partitions (days, or months with `clickhouse_partition =
+    /// "month"`) loaded by one `INSERT … SELECT FROM s3()` and one `ALTER TABLE …
     /// REPLACE PARTITION …, …`; at most ClickHouse's `max_partitions_per_insert_block`
     /// on the server (100 by default, which is this default).
     #[serde(default = "default_days_per_load")]

@@ -291,7 +291,8 @@ impl Warehouse {
         mut on_loaded: impl FnMut(&str),
     ) -> Result<Vec<(String, u64)>> {
         let mut loaded = Vec::with_capacity(days.len());
-        for batch in LoadBatch::split(days, self.days_per_load) {
+        let grain = config.clickhouse_grain();
+        for batch in LoadBatch::split(days, self.days_per_load, grain) {
             let done = self.load_batch(config, columns, batch).await?;
             done.iter().for_each(|(day, _)| on_loaded(day));
             loaded.extend(done);
@@ -672,37 +673,48 @@ const MAX_BYTES_PER_LOAD: u64 = 4 << 30;
 struct LoadBatch;
 
 impl LoadBatch {
-    /// Splits `days` into runs of at most `max_days` days, [`MAX_FILES_PER_LOAD`] files and [`MAX_BYTES_PER_LOAD`] bytes (a single day
-    /// over a bound is a batch of its own). Days whose folder holds glob
-    /// metacharacters (from a partition column name) are loaded alone, since their
-    /// folder cannot sit inside a `{…}` alternation.
+    /// Splits `days` (in order) into runs of at most `max_partitions` ClickHouse
+    /// partitions of `grain` (days, or months: a month's days stay together, so
+    /// that its partition is replaced once), [`MAX_FILES_PER_LOAD`] files and
+    /// [`MAX_BYTES_PER_LOAD`] bytes (a single day over a bound is a batch of its
+    /// own). Days whose folder holds glob metacharacters (from a partition column
+    /// name) are loaded alone, since their folder cannot sit inside a `{…}`
+    /// alternation.
     fn split(
         days: &[(String, PartitionEntry)],
-        max_days: usize,
+        max_partitions: usize,
+        grain: PartitionGrain,
     ) -> Vec<&[(String, PartitionEntry)]> {
         let mut batches = Vec::new();
         let mut start = 0;
-        let (mut files, mut bytes) = (0usize, 0u64);
-        for (i, (_, partition)) in days.iter().enumerate() {
+        let (mut files, mut bytes, mut partitions) = (0usize, 0u64, 0usize);
+        let mut last_partition = None;
+        for (i, (day, partition)) in days.iter().enumerate() {
             let (f, b) = (
                 partition.files.len(),
                 partition.files.iter().map(|f| f.bytes).sum::<u64>(),
             );
+            let id = partition_id_for(day, grain);
+            let new_partition = last_partition.as_ref() != Some(&id);
             let alone = partition.files.iter().any(|f| has_glob_chars(&f.path));
-            let full = i - start >= max_days
+            let full = (new_partition && partitions >= max_partitions)
                 || files + f > MAX_FILES_PER_LOAD
                 || bytes + b > MAX_BYTES_PER_LOAD;
             if i > start && (alone || full) {
                 batches.push(&days[start..i]);
                 start = i;
-                (files, bytes) = (0, 0);
+                (files, bytes, partitions) = (0, 0, 0);
             }
+            if new_partition || i == start {
+                partitions += 1;
+            }
+            last_partition = Some(id);
             files += f;
             bytes += b;
             if alone {
                 batches.push(&days[start..=i]);
                 start = i + 1;
-                (files, bytes) = (0, 0);
+                (files, bytes, partitions) = (0, 0, 0);
             }
         }
         if start < days.len() {
@@ -835,8 +847,32 @@ mod tests {
         let days: Vec<_> = (0..250)
             .map(|i| day(&format!("d{i}"), &[(&format!("c=d{i}/p.parquet"), 10)]))
             .collect();
-        assert_eq!(lens(&LoadBatch::split(&days, 100)), vec![100, 100, 50]);
-        assert!(LoadBatch::split(&[], 100).is_empty());
+        assert_eq!(
+            lens(&LoadBatch::split(&days, 100, PartitionGrain::Day)),
+            vec![100, 100, 50]
+        );
+        assert!(LoadBatch::split(&[], 100, PartitionGrain::Day).is_empty());
+    }
+
+    #[test]
+    fn month_partitions_bound_the_batches_and_keep_their_days_together() {
+        // 2026-01-01 … 2026-12-31: 365 days in 12 months.
+        let days: Vec<_> = (0..365)
+            .map(|i| {
+                let d = crate::lake::writer::day_string(20_454 + i);
+                day(&d, &[(&format!("c={d}/p.parquet"), 10)])
+            })
+            .collect();
+        assert_eq!(days[0].0, "2026-01-01");
+        assert_eq!(
+            lens(&LoadBatch::split(&days, 100, PartitionGrain::Month)),
+            vec![365]
+        );
+        // Two months a batch: January and February, March and April, …
+        assert_eq!(
+            lens(&LoadBatch::split(&days, 2, PartitionGrain::Month)),
+            vec![59, 61, 61, 62, 61, 61]
+        );
     }
 
     #[test]
@@ -848,14 +884,20 @@ mod tests {
             day("b", &many),
             day("c", &[("c=c/p.parquet", 1)]),
         ];
-        assert_eq!(lens(&LoadBatch::split(&days, 100)), vec![1, 2]);
+        assert_eq!(
+            lens(&LoadBatch::split(&days, 100, PartitionGrain::Day)),
+            vec![1, 2]
+        );
 
         let days = vec![
             day("a", &[("c=a/p.parquet", 3 << 30)]),
             day("b", &[("c=b/p.parquet", 3 << 30)]),
             day("c", &[("c=c/p.parquet", 1)]),
         ];
-        assert_eq!(lens(&LoadBatch::split(&days, 100)), vec![1, 2]);
+        assert_eq!(
+            lens(&LoadBatch::split(&days, 100, PartitionGrain::Day)),
+            vec![1, 2]
+        );
     }
 
     #[test]
@@ -866,7 +908,10 @@ mod tests {
             day("c", &[("c=c/p.parquet", 1)]),
             day("d", &[("c=d/p.parquet", 1)]),
         ];
-        assert_eq!(lens(&LoadBatch::split(&days, 100)), vec![1, 1, 2]);
+        assert_eq!(
+            lens(&LoadBatch::split(&days, 100, PartitionGrain::Day)),
+            vec![1, 1, 2]
+        );
     }
 
     #[test]
