@@ -171,25 +171,24 @@ impl LakeCommits {
         self.set(table, Commit::Failed);
     }
 
-    /// Waits until every one of `tables` that is in the run is committed; the
-    /// name of one that failed instead.
-    pub async fn wait(&self, tables: &BTreeSet<String>) -> std::result::Result<(), String> {
-        let mut changes = self.state.subscribe();
-        let state = changes
-            .wait_for(|state| {
-                tables
-                    .iter()
-                    .all(|t| state.get(t) != Some(&Commit::Pending))
-            })
-            .await
-            .expect("the sender lives in self");
-        match tables
+    /// Whether every one of `tables` that is in the run is committed (`false`:
+    /// some are still running); the name of one that failed.
+    pub fn state_of(&self, tables: &BTreeSet<String>) -> std::result::Result<bool, String> {
+        let state = self.state.borrow();
+        if let Some(failed) = tables
             .iter()
             .find(|t| state.get(*t) == Some(&Commit::Failed))
         {
-            Some(failed) => Err(failed.clone()),
-            None => Ok(()),
+            return Err(failed.clone());
         }
+        Ok(tables
+            .iter()
+            .all(|t| state.get(t) != Some(&Commit::Pending)))
+    }
+
+    /// A receiver that sees every change of the tables' state.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<impl Sized> {
+        self.state.subscribe()
     }
 }
 

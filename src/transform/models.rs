@@ -31,6 +31,11 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 /// it, sorts and aggregates spill to disk.
 const MODEL_MEMORY_BYTES: usize = 256 * 1024 * 1024;
 
+/// Models run at the same time when none reads another (see
+/// [`run_after_tables`]): one may compute while the other writes, checks or
+/// loads ClickHouse.
+const MODEL_JOBS: usize = 2;
+
 /// Partitions of the checks' queries (see [`Runner::checks_session`]).
 const CHECK_PARTITIONS: usize = 4;
 use futures::StreamExt;
@@ -171,9 +176,11 @@ pub async fn run_models(
 /// failed, after running every model that does not depend on it; a lake or
 /// ClickHouse error stops the run at once.
 ///
-/// With `commits` (a `sluice run`), the run's tables are still being extracted:
-/// each model waits until the tables it reads are committed, and is skipped
-/// when one of them failed or did not run.
+/// Models run in dependency order, up to [`MODEL_JOBS`] at a time: a model
+/// starts once the models it reads are published. With `commits` (a `sluice
+/// run`), the run's tables are still being extracted: a model also waits until
+/// the tables it reads are committed, and is skipped when one of them failed or
+/// did not run.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_after_tables(
     config: &Config,
@@ -206,66 +213,118 @@ pub async fn run_after_tables(
             reason: format!("is not a model of {}", runner.project.dir.display()),
         }));
     }
+    // The models to run, in dependency order; a model starts once the models
+    // it reads are published and its tables committed, up to MODEL_JOBS at a
+    // time. Reports keep the dependency order.
+    let mut pending: Vec<(usize, &Model)> = runner
+        .project
+        .models
+        .iter()
+        .filter(|m| options.models.is_empty() || options.models.contains(&m.name))
+        .enumerate()
+        .collect();
+    let selected: BTreeSet<String> = pending.iter().map(|(_, m)| m.name.clone()).collect();
+    let mut published: BTreeSet<String> = BTreeSet::new();
     let mut failed: Vec<String> = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
     let mut messages = Vec::new();
-    for model in &runner.project.models {
-        if !options.models.is_empty() && !options.models.contains(&model.name) {
-            continue;
+    let mut done: Vec<(usize, ModelReport)> = Vec::new();
+    let mut stop: Option<Error> = None;
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut changes = commits.map(LakeCommits::subscribe);
+    let run_one = |index: usize, model| {
+        let runner = &runner;
+        async move {
+            let started = Instant::now();
+            let outcome = runner
+                .run_locked(model, &in_run)
+                .instrument(info_span!("model", model = %model.name))
+                .await;
+            (index, model, started, outcome)
         }
-        if let Some(blocked) = model
-            .models
-            .iter()
-            .find(|d| failed.contains(d) || skipped.contains(d))
-        {
-            warn!(model = %model.name, upstream = %blocked, "Model skipped: a model it reads was not published.");
-            let why = format!("not run: {blocked} was not published");
-            skip(model, why, reports, &mut skipped);
-            continue;
+    };
+    loop {
+        if let Some(changes) = &mut changes {
+            changes.borrow_and_update();
         }
-        if let Some(commits) = commits {
-            if let Err(table) = commits.wait(&model.tables).await {
-                warn!(model = %model.name, table = %table, "Model skipped: a table it reads failed or did not run.");
-                let why = format!("not run: table {table} failed or did not run");
-                skip(model, why, reports, &mut skipped);
+        let mut i = 0;
+        while stop.is_none() && i < pending.len() && running.len() < MODEL_JOBS {
+            let (index, model) = pending[i];
+            let blocked = model
+                .models
+                .iter()
+                .find(|d| failed.contains(d) || skipped.contains(d));
+            if let Some(blocked) = blocked {
+                warn!(model = %model.name, upstream = %blocked, "Model skipped: a model it reads was not published.");
+                let why = format!("not run: {blocked} was not published");
+                done.push((index, skip(model, why, &mut skipped)));
+                pending.remove(i);
                 continue;
             }
-            // Their new versions, committed in this run.
-            runner.register_tables(model, in_run).await?;
-        }
-        let span = info_span!("model", model = %model.name);
-        let started = Instant::now();
-        let outcome = async {
-            // The same per-table lock as the extract: one writer per lake table.
-            let lock = crate::lake::lock::TableLock::acquire(lake, &model.name, run_id)
-                .await
-                .map_err(|e| (e, Vec::new()))?;
-            let outcome = runner.run(model).await;
-            if let Err(e) = lock.release().await {
-                warn!(error = %e, "Could not release the model's lock.");
+            let upstream_ready = model
+                .models
+                .iter()
+                .all(|d| !selected.contains(d) || published.contains(d));
+            let tables = match commits {
+                Some(commits) => commits.state_of(&model.tables),
+                None => Ok(true),
+            };
+            match tables {
+                Err(table) => {
+                    warn!(model = %model.name, table = %table, "Model skipped: a table it reads failed or did not run.");
+                    let why = format!("not run: table {table} failed or did not run");
+                    done.push((index, skip(model, why, &mut skipped)));
+                    pending.remove(i);
+                }
+                Ok(true) if upstream_ready => {
+                    pending.remove(i);
+                    running.push(run_one(index, model));
+                }
+                Ok(_) => i += 1,
             }
-            outcome
         }
-        .instrument(span)
-        .await;
-        match outcome {
-            Ok(mut report) => {
-                report.seconds = started.elapsed().as_secs_f64();
-                info!(model = %model.name, rows = report.rows, seconds = report.seconds, "Model published.");
-                reports.push(report);
-            }
-            Err((Error::Model(e), checks)) => {
-                warn!(model = %model.name, error = %e, "Model failed.");
-                let mut report = ModelReport::new(&model.name, ModelStatus::Failed);
-                report.error = Some(e.to_string());
-                report.checks = checks;
-                report.seconds = started.elapsed().as_secs_f64();
-                reports.push(report);
-                messages.push(e.to_string());
-                failed.push(model.name.clone());
-            }
-            Err((other, _)) => return Err(other),
+        if running.is_empty() && (pending.is_empty() || stop.is_some()) {
+            break;
         }
+        let table_committed = async {
+            match &mut changes {
+                Some(changes) => {
+                    let _ = changes.changed().await;
+                }
+                None => futures::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            Some((index, model, started, outcome)) = running.next() => match outcome {
+                Ok(mut report) => {
+                    report.seconds = started.elapsed().as_secs_f64();
+                    info!(model = %model.name, rows = report.rows, seconds = report.seconds, "Model published.");
+                    published.insert(model.name.clone());
+                    done.push((index, report));
+                }
+                Err((Error::Model(e), checks)) => {
+                    warn!(model = %model.name, error = %e, "Model failed.");
+                    let mut report = ModelReport::new(&model.name, ModelStatus::Failed);
+                    report.error = Some(e.to_string());
+                    report.checks = checks;
+                    report.seconds = started.elapsed().as_secs_f64();
+                    done.push((index, report));
+                    messages.push(e.to_string());
+                    failed.push(model.name.clone());
+                }
+                // A lake or ClickHouse error: no further model starts; those
+                // running finish.
+                Err((other, _)) => {
+                    stop.get_or_insert(other);
+                }
+            },
+            _ = table_committed => {}
+        }
+    }
+    done.sort_by_key(|(index, _)| *index);
+    reports.extend(done.into_iter().map(|(_, report)| report));
+    if let Some(e) = stop {
+        return Err(e);
     }
     if failed.is_empty() {
         Ok(())
@@ -279,13 +338,13 @@ pub async fn run_after_tables(
     }
 }
 
-/// Reports `model` as skipped because of `why`; the models that read it are
+/// The report of `model`, skipped because of `why`; the models that read it are
 /// skipped in turn.
-fn skip(model: &Model, why: String, reports: &mut Vec<ModelReport>, skipped: &mut Vec<String>) {
+fn skip(model: &Model, why: String, skipped: &mut Vec<String>) -> ModelReport {
     let mut report = ModelReport::new(&model.name, ModelStatus::Skipped);
     report.error = Some(why);
-    reports.push(report);
     skipped.push(model.name.clone());
+    report
 }
 
 /// The session and settings shared by the models of one run.
@@ -351,6 +410,27 @@ impl<'a> Runner<'a> {
             models_config,
             run_id,
         })
+    }
+
+    /// Runs `model` under its lake lock (the same per-table lock as the extract:
+    /// one writer per lake table), after registering the tables it reads for
+    /// which `in_run` is true again (their new versions, committed in this run).
+    async fn run_locked(
+        &self,
+        model: &Model,
+        in_run: &(dyn Fn(&str) -> bool + Sync),
+    ) -> std::result::Result<ModelReport, Failure> {
+        self.register_tables(model, in_run)
+            .await
+            .map_err(|e| (e, Vec::new()))?;
+        let lock = crate::lake::lock::TableLock::acquire(self.lake, &model.name, self.run_id)
+            .await
+            .map_err(|e| (e, Vec::new()))?;
+        let outcome = self.run(model).await;
+        if let Err(e) = lock.release().await {
+            warn!(error = %e, "Could not release the model's lock.");
+        }
+        outcome
     }
 
     /// Registers the lake tables `model` reads for which `which` is true, from
