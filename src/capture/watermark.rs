@@ -113,13 +113,7 @@ impl CursorColumn {
         let kind = match schema.field(index).data_type() {
             DataType::Timestamp(_, tz) => CursorKind::Timestamp { utc: tz.is_some() },
             DataType::Date32 | DataType::Date64 => CursorKind::Date,
-            DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32 => CursorKind::Integer,
+            t if crate::lake::schema::fits_i64(t) => CursorKind::Integer,
             other => {
                 return Err(format!(
                 "cursor column {name:?} has type {other}; use a timestamp, date or integer column"

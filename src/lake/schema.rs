@@ -134,6 +134,21 @@ pub fn nullable(field: &Field) -> Field {
     field.clone().with_nullable(true)
 }
 
+/// Whether every value of `data_type` is an `i64`: the signed integers and the
+/// unsigned ones up to 32 bits.
+pub fn fits_i64(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

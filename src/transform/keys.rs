@@ -93,7 +93,7 @@ impl KeyValues {
     /// An empty set for keys of these column types.
     pub fn new(types: &[DataType]) -> Result<Self, ArrowError> {
         Ok(match types {
-            [t] if is_integer(t) => Self::Integer(HashSet::new()),
+            [t] if crate::lake::schema::fits_i64(t) => Self::Integer(HashSet::new()),
             [t] if is_text(t) => Self::Text(HashSet::new(), 0),
             _ => {
                 let fields = types.iter().map(|t| SortField::new(t.clone())).collect();
@@ -223,20 +223,6 @@ impl KeyValues {
             Self::Rows(_, set, bytes) => table(set) + bytes,
         }
     }
-}
-
-/// Integer types whose every value is an `i64`.
-fn is_integer(data_type: &DataType) -> bool {
-    matches!(
-        data_type,
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-    )
 }
 
 fn is_text(data_type: &DataType) -> bool {
