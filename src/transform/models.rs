@@ -197,10 +197,14 @@ pub async fn run_after_tables(
     };
     let in_run = |table: &str| commits.is_some_and(|c| c.in_run(table));
     let runner = Runner::open(config, models_config, base, lake, warehouse, run_id).await?;
-    // The tables outside the run are read as the lake has them now; a missing
-    // one fails the models before any runs.
+    // The tables outside the run are read as the lake has them now, each
+    // manifest once; a missing one fails the models before any runs.
+    let mut registered = BTreeSet::new();
     for model in &runner.project.models {
-        runner.register_tables(model, |t| !in_run(t)).await?;
+        runner
+            .register_tables(model, |t| !in_run(t) && !registered.contains(t))
+            .await?;
+        registered.extend(model.tables.iter().map(String::as_str));
     }
     if let Some(unknown) = options
         .models
