@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
 use arrow::datatypes::{DataType, Schema};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
@@ -111,11 +111,15 @@ impl UniqueCheck {
             self.nulls += columns[0].null_count() as u64;
         }
         let mut rows = Vec::new();
-        seen.insert(&columns, |row| rows.push(row))?;
-        self.repeats += rows.len() as u64;
-        for row in rows {
-            let key: Vec<ArrayRef> = columns.iter().map(|c| c.slice(row, 1)).collect();
-            self.repeated.insert(&key, |_| {})?;
+        seen.insert(&columns, |row| rows.push(row as u32))?;
+        if !rows.is_empty() {
+            self.repeats += rows.len() as u64;
+            let rows = UInt32Array::from(rows);
+            let keys = columns
+                .iter()
+                .map(|c| arrow::compute::take(c, &rows, None))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.repeated.insert(&keys, |_| {})?;
         }
         if seen.memory_bytes() + self.repeated.memory_bytes() > self.budget {
             self.seen = None;
