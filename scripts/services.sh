@@ -80,7 +80,10 @@ start_bg() {
     return 0
   fi
   log "starting $name on 127.0.0.1:$port"
-  setsid nohup "$@" >>"$logf" 2>&1 </dev/null &
+  # From $STATE, not the caller's folder: s3s-fs resolves every object's path
+  # against its working directory, and fails each request (500, ENOENT) once
+  # that folder is gone, e.g. a test clone deleted while the services run on.
+  (cd "$STATE" && exec setsid nohup "$@" >>"$logf" 2>&1 </dev/null) &
   echo $! >"$STATE/$name.pid"
 }
 
