@@ -50,6 +50,18 @@ pub enum Error {
     Query(String),
     #[error("table {table} is already being written by {holder}; wait for that run to finish")]
     AlreadyRunning { table: String, holder: String },
+    /// Another writer replaced the table's manifest after this run read it: the
+    /// commit was refused (a conditional PUT), nothing of this run is visible.
+    #[error("table {table}: another run committed the lake table after this run read it ({detail}); nothing of this run was committed: rerun it")]
+    CommitConflict { table: String, detail: String },
+    /// An object-store call failed. The store's own error stays matchable
+    /// (`object_store::Error::Precondition`, `AlreadyExists`, `NotFound`, …); the
+    /// message is the redacted text shown to users.
+    #[error("lake: {message}")]
+    Store {
+        message: String,
+        store: object_store::Error,
+    },
     #[error(transparent)]
     Model(#[from] crate::transform::ModelError),
 }
@@ -60,10 +72,10 @@ impl Error {
         match self {
             Error::Config(_) => 2,
             Error::Source { .. } | Error::Capture { .. } => 3,
-            Error::Lake { .. } => 4,
+            Error::Lake { .. } | Error::Store { .. } => 4,
             Error::Warehouse { .. } => 5,
             Error::Query(_) => 6,
-            Error::AlreadyRunning { .. } => 7,
+            Error::AlreadyRunning { .. } | Error::CommitConflict { .. } => 7,
             Error::Model(_) => 8,
         }
     }
@@ -88,6 +100,22 @@ impl Error {
         }
     }
 
+    /// An object-store failure while doing `context` (e.g. `reading <path>`).
+    pub(crate) fn store(context: impl std::fmt::Display, store: object_store::Error) -> Self {
+        Error::Store {
+            message: redact(&format!("{context}: {store}")),
+            store,
+        }
+    }
+
+    /// The object store's error behind this one, if any.
+    pub fn store_error(&self) -> Option<&object_store::Error> {
+        match self {
+            Error::Store { store, .. } => Some(store),
+            _ => None,
+        }
+    }
+
     pub(crate) fn warehouse(table: &str, message: impl std::fmt::Display) -> Self {
         Error::Warehouse {
             table: table.to_string(),
@@ -98,7 +126,10 @@ impl Error {
 
 impl From<object_store::Error> for Error {
     fn from(e: object_store::Error) -> Self {
-        Error::lake(e)
+        Error::Store {
+            message: redact(&e.to_string()),
+            store: e,
+        }
     }
 }
 

@@ -10,8 +10,8 @@ use std::path::Path as FsPath;
 use object_store::ObjectStoreExt;
 
 use crate::capture::backfill::{backfill_query, check_tables, Backfill};
+use crate::capture::cursor::extract_query;
 use crate::capture::snapshot::{CURRENT_SUFFIX, SNAPSHOT_DATE_ENV};
-use crate::capture::watermark::extract_query;
 use crate::config::{CaptureMode, Config, TableConfig};
 use crate::error::{register_url_secret, Error, Result};
 use crate::lake::lock::{TableLock, LOCK_FILE};
@@ -247,13 +247,7 @@ async fn reset_locked(config: &Config, lake: &Lake, t: &TableConfig) -> Result<R
                 fresh.warehouse_rebuild = config.clickhouse.is_some();
                 lake.write_manifest(&fresh).await?;
             }
-            (_, Some(_)) => {
-                let path = lake.table_path(&name).join(MANIFEST_FILE);
-                lake.store()
-                    .delete(&path)
-                    .await
-                    .map_err(|e| Error::lake(format!("deleting {path}: {e}")))?;
-            }
+            (_, Some(_)) => lake.delete_manifest(&name).await?,
             (_, None) => {}
         }
         let files: Vec<String> = lake

@@ -9,15 +9,27 @@
 //! <table>/<partition_col>=YYYY-MM-DD/part-*.parquet
 //! _sluice/staging/<table>/<run_id>/…              changed rows awaiting a merge
 //! _sluice/runs/<run_id>.json                      run reports
+//! _sluice/commit-locks/<table>.lock               local folder lakes: the commit's flock
 //! ```
+//!
+//! **Commits cannot clobber.** A table's manifest is replaced only if it is still
+//! the version this process read ([`Lake::read_manifest`] remembers the ETag it
+//! got; [`Lake::write_manifest`] makes the PUT conditional on it: `If-Match` on
+//! S3, `If-None-Match: *` for a table's first commit). A writer that lost the race
+//! — another run committed in between, say with the table lock bypassed or
+//! expired — gets [`Error::CommitConflict`] and changes nothing. A local folder
+//! has no conditional replace in `object_store`; there the compare and the rename
+//! run under an exclusive `flock` of a file of the lake's own, so two processes
+//! on the host cannot both replace the same version.
 
 pub mod lock;
 pub mod manifest;
 pub mod schema;
 pub mod writer;
 
+use std::collections::HashMap;
 use std::path::Path as FsPath;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
@@ -27,7 +39,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
@@ -72,6 +84,30 @@ pub struct Lake {
     location: LakeLocation,
     pub target_file_bytes: usize,
     pub row_group_rows: usize,
+    /// The manifest version this process last read or wrote, per table: what the
+    /// next commit of that table must replace.
+    versions: Arc<Mutex<HashMap<String, ManifestVersion>>>,
+}
+
+/// The version of a table's manifest a commit expects to replace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ManifestVersion {
+    /// The table had no manifest: the commit creates it.
+    Absent,
+    /// The manifest as read, identified by the store's ETag / version.
+    Read(UpdateVersion),
+}
+
+impl ManifestVersion {
+    fn describe(&self) -> String {
+        match self {
+            ManifestVersion::Absent => "no manifest yet".into(),
+            ManifestVersion::Read(v) => format!(
+                "ETag {}",
+                v.e_tag.as_deref().or(v.version.as_deref()).unwrap_or("?")
+            ),
+        }
+    }
 }
 
 impl Lake {
@@ -130,6 +166,7 @@ impl Lake {
             location,
             target_file_bytes: config.target_file_bytes,
             row_group_rows: config.row_group_rows,
+            versions: Arc::default(),
         })
     }
 
@@ -155,31 +192,189 @@ impl Lake {
         self.path(table)
     }
 
-    /// Reads the manifest of `table`, or `None` for a table never committed.
+    /// Reads the manifest of `table`, or `None` for a table never committed. The
+    /// version read is what this process's next commit of `table` replaces.
     pub async fn read_manifest(&self, table: &str) -> Result<Option<Manifest>> {
         let path = self.table_path(table).join(MANIFEST_FILE);
         match self.store.get(&path).await {
             Ok(result) => {
-                let bytes = result.bytes().await?;
+                let version = UpdateVersion {
+                    e_tag: result.meta.e_tag.clone(),
+                    version: result.meta.version.clone(),
+                };
+                let bytes = result
+                    .bytes()
+                    .await
+                    .map_err(|e| Error::store(format!("reading {path}"), e))?;
                 let manifest = serde_json::from_slice(&bytes)
                     .map_err(|e| Error::lake(format!("{path} is not a sluice manifest: {e}")))?;
+                self.remember(table, ManifestVersion::Read(version));
                 Ok(Some(manifest))
             }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(Error::lake(format!("reading {path}: {e}"))),
+            Err(object_store::Error::NotFound { .. }) => {
+                self.remember(table, ManifestVersion::Absent);
+                Ok(None)
+            }
+            Err(e) => Err(Error::store(format!("reading {path}"), e)),
         }
     }
 
-    /// Replaces the manifest of its table in one PUT: the lake's commit point.
+    fn remember(&self, table: &str, version: ManifestVersion) {
+        self.versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(table.to_string(), version);
+    }
+
+    /// Replaces the manifest of its table in one conditional PUT: the lake's
+    /// commit point. It succeeds only if the manifest is still the version this
+    /// process read (see the module doc); otherwise [`Error::CommitConflict`].
     pub async fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
-        let path = self.table_path(&manifest.table).join(MANIFEST_FILE);
+        let table = manifest.table.as_str();
+        let path = self.table_path(table).join(MANIFEST_FILE);
         let json = serde_json::to_vec_pretty(manifest)
             .map_err(|e| Error::lake(format!("encoding manifest: {e}")))?;
-        self.store
-            .put(&path, PutPayload::from(json))
-            .await
-            .map_err(|e| Error::lake(format!("committing {path}: {e}")))?;
-        Ok(())
+        let expected = self
+            .versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(table)
+            .cloned()
+            .ok_or_else(|| {
+                Error::lake(format!(
+                    "committing {path}: the table's manifest was not read first (a bug in sluice)"
+                ))
+            })?;
+        let written = match &self.location {
+            LakeLocation::S3 { .. } => {
+                let mode = match &expected {
+                    ManifestVersion::Absent => PutMode::Create,
+                    ManifestVersion::Read(v) => PutMode::Update(v.clone()),
+                };
+                self.store
+                    .put_opts(&path, PutPayload::from(json), PutOptions::from(mode))
+                    .await
+                    .map(UpdateVersion::from)
+            }
+            LakeLocation::Local { root } => {
+                self.write_local(root, table, &path, json, &expected)
+                    .await?
+            }
+        };
+        match written {
+            Ok(mut version) => {
+                if version.e_tag.is_none() && version.version.is_none() {
+                    // A store that returns no ETag on PUT: take it from a HEAD.
+                    let meta = self
+                        .store
+                        .head(&path)
+                        .await
+                        .map_err(|e| Error::store(format!("reading {path}"), e))?;
+                    version = UpdateVersion {
+                        e_tag: meta.e_tag,
+                        version: meta.version,
+                    };
+                }
+                self.remember(table, ManifestVersion::Read(version));
+                Ok(())
+            }
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => {
+                let now = match self.store.get(&path).await {
+                    Ok(found) => found
+                        .bytes()
+                        .await
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+                        .map(|m| format!("it is now version {} of run {}", m.version, m.run_id))
+                        .unwrap_or_else(|| "it was replaced".into()),
+                    Err(_) => "it was removed".into(),
+                };
+                Err(Error::CommitConflict {
+                    table: table.to_string(),
+                    detail: format!(
+                        "this run read version {} ({}); {now}",
+                        manifest.version.saturating_sub(1),
+                        expected.describe()
+                    ),
+                })
+            }
+            Err(e) => Err(Error::store(format!("committing {path}"), e)),
+        }
+    }
+
+    /// The conditional replace of a local folder's manifest: compare the current
+    /// ETag with `expected` and rename the new manifest in, both under an
+    /// exclusive `flock` that every sluice commit of the lake takes.
+    async fn write_local(
+        &self,
+        root: &FsPath,
+        table: &str,
+        path: &Path,
+        json: Vec<u8>,
+        expected: &ManifestVersion,
+    ) -> Result<std::result::Result<UpdateVersion, object_store::Error>> {
+        let locks = root.join("_sluice").join("commit-locks");
+        let lock_path = locks.join(format!("{}.lock", table.replace('/', "%2F")));
+        let flock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            std::fs::create_dir_all(&locks)?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| Error::lake(format!("committing {path}: {e}")))?
+        .map_err(|e| Error::lake(format!("committing {path}: taking the commit lock: {e}")))?;
+        let current = match self.store.head(path).await {
+            Ok(meta) => ManifestVersion::Read(UpdateVersion {
+                e_tag: meta.e_tag,
+                version: meta.version,
+            }),
+            Err(object_store::Error::NotFound { .. }) => ManifestVersion::Absent,
+            Err(e) => return Err(Error::store(format!("reading {path}"), e)),
+        };
+        let outcome = if &current != expected {
+            Err(object_store::Error::Precondition {
+                path: path.to_string(),
+                source: format!(
+                    "expected {}, found {}",
+                    expected.describe(),
+                    current.describe()
+                )
+                .into(),
+            })
+        } else {
+            match self.store.put(path, PutPayload::from(json)).await {
+                Ok(_) => match self.store.head(path).await {
+                    Ok(meta) => Ok(UpdateVersion {
+                        e_tag: meta.e_tag,
+                        version: meta.version,
+                    }),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            }
+        };
+        drop(flock); // closing the file releases the lock
+        Ok(outcome)
+    }
+
+    /// Deletes the manifest of `table` (a reset): the next commit creates it.
+    pub async fn delete_manifest(&self, table: &str) -> Result<()> {
+        let path = self.table_path(table).join(MANIFEST_FILE);
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                self.remember(table, ManifestVersion::Absent);
+                Ok(())
+            }
+            Err(e) => Err(Error::store(format!("deleting {path}"), e)),
+        }
     }
 
     /// Writes any JSON document (a run report) to `relative`.
