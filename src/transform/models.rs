@@ -48,15 +48,14 @@ use super::config::{ModelsConfig, Relationship};
 use super::keys::KeySet;
 use super::project::{last_line, line_in_message, line_of, Model, Project};
 use super::ModelError;
-use crate::config::{Config, PartitionGrain, TableConfig};
+use crate::config::{Config, PartitionGrain};
 use crate::error::{Error, Result};
 use crate::lake::manifest::{FileEntry, Manifest, PartitionEntry};
 use crate::lake::writer::{day_string, split_by_day, FileRoller};
 use crate::lake::Lake;
+use crate::pipeline::LakeCommits;
 use crate::query::{lake_session, register_lake_store, LakeTable};
-use crate::run::LakeCommits;
-use crate::warehouse::ddl::{column_type, ident, partition_expression_for};
-use crate::warehouse::Warehouse;
+use crate::warehouse::{LoadTarget, Warehouse};
 
 /// The partition name of an unpartitioned model (its folder, and the ClickHouse
 /// partition ID of a table without `PARTITION BY`).
@@ -758,19 +757,8 @@ impl<'a> Runner<'a> {
             .settings
             .clickhouse_partition
             .unwrap_or(PartitionGrain::Day);
-        let ddl = create_table(
-            warehouse.database(),
-            name,
-            schema,
-            partition_by.as_deref().map(|c| (c, grain)),
-            &key,
-        )
-        .map_err(|e| Error::warehouse(name, e))?;
-        warehouse.ensure_table_with(name, &ddl).await?;
-        if partition_by.is_some() {
-            warehouse.check_grain(name, grain).await?;
-        }
-        let table = table_config(name, &key, partition_by.as_deref(), grain)?;
+        let target = LoadTarget::model(name, partition_by.as_deref().map(|c| (c, grain)), &key);
+        warehouse.ensure_table(&target, schema).await?;
         let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         let days: Vec<(String, PartitionEntry)> = manifest
             .pending_warehouse
@@ -785,7 +773,7 @@ impl<'a> Runner<'a> {
             })
             .collect();
         let rows: u64 = warehouse
-            .load_partitions(&table, &columns, &days)
+            .load_partitions(&target, &columns, &days)
             .await?
             .iter()
             .map(|(_, rows)| rows)
@@ -799,31 +787,6 @@ impl<'a> Runner<'a> {
     }
 }
 
-/// The [`TableConfig`] that [`Warehouse::load_partition`] takes, for a model
-/// (every field not given here at its default).
-fn table_config(
-    name: &str,
-    key: &[String],
-    partition_by: Option<&str>,
-    grain: PartitionGrain,
-) -> Result<TableConfig> {
-    let mut table = toml::map::Map::new();
-    table.insert("name".into(), name.into());
-    table.insert("source".into(), "-".into());
-    table.insert("cursor".into(), "-".into());
-    table.insert(
-        "key".into(),
-        toml::Value::Array(key.iter().map(|k| k.as_str().into()).collect()),
-    );
-    table.insert("partition_by".into(), partition_by.unwrap_or("").into());
-    if grain == PartitionGrain::Month {
-        table.insert("clickhouse_partition".into(), "month".into());
-    }
-    toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| Error::warehouse(name, e))
-}
-
 /// Every file of a manifest as one partition.
 fn whole(manifest: &Manifest) -> PartitionEntry {
     let mut all = PartitionEntry::default();
@@ -832,50 +795,6 @@ fn whole(manifest: &Manifest) -> PartitionEntry {
         all.files.extend(p.files.iter().cloned());
     }
     all
-}
-
-/// `CREATE TABLE IF NOT EXISTS` for a model: partitioned by day or month of its
-/// partition column like the extracted tables, or without `PARTITION BY` (one
-/// partition, ID `all`).
-pub fn create_table(
-    database: &str,
-    table: &str,
-    schema: &Schema,
-    partition_by: Option<(&str, PartitionGrain)>,
-    key: &[String],
-) -> std::result::Result<String, String> {
-    let grain = partition_by.map(|(_, g)| g);
-    let partition_by = partition_by.map(|(c, _)| c);
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            let not_null = Some(f.name().as_str()) == partition_by || key.contains(f.name());
-            Ok(format!(
-                "    {} {}",
-                ident(f.name()),
-                column_type(f, not_null)?
-            ))
-        })
-        .collect::<std::result::Result<Vec<_>, String>>()?;
-    let order_by = if key.is_empty() {
-        "tuple()".to_string()
-    } else {
-        format!(
-            "({})",
-            key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ")
-        )
-    };
-    let partition = partition_by
-        .zip(grain)
-        .map(|(c, g)| format!("\nPARTITION BY {}", partition_expression_for(c, g)))
-        .unwrap_or_default();
-    Ok(format!(
-        "CREATE TABLE IF NOT EXISTS {}.{} (\n{}\n)\nENGINE = MergeTree{partition}\nORDER BY {order_by}",
-        ident(database),
-        ident(table),
-        columns.join(",\n")
-    ))
 }
 
 fn register(ctx: &SessionContext, name: &str, table: LakeTable) -> Result<()> {
@@ -981,10 +900,10 @@ fn missing_name(message: &str) -> Option<String> {
     None
 }
 
+/// The driver's commit, by the run that `next` names.
 async fn commit(lake: &Lake, next: &mut Manifest) -> Result<()> {
-    next.version += 1;
-    next.committed_at = chrono::Utc::now().to_rfc3339();
-    lake.write_manifest(next).await
+    let run_id = next.run_id.clone();
+    crate::pipeline::table::commit(lake, &run_id, next).await
 }
 
 /// What [`write_files`] wrote.
@@ -1205,38 +1124,6 @@ mod tests {
         assert_eq!(
             missing_name("Error during planning: table 'datafusion.public.userz' not found"),
             Some("userz".into())
-        );
-    }
-
-    #[test]
-    fn unpartitioned_model_ddl() {
-        let schema = Schema::new(vec![
-            arrow::datatypes::Field::new("merchant_id", DataType::Int64, true),
-            arrow::datatypes::Field::new("n", DataType::Int64, false),
-        ]);
-        assert_eq!(
-            create_table("db", "m", &schema, None, &["merchant_id".into()]).unwrap(),
-            "CREATE TABLE IF NOT EXISTS `db`.`m` (\n    `merchant_id` Int64,\n    `n` Int64\n)\nENGINE = MergeTree\nORDER BY (`merchant_id`)"
-        );
-    }
-
-    #[test]
-    fn month_partitioned_model_ddl() {
-        let schema = Schema::new(vec![
-            arrow::datatypes::Field::new("id", DataType::Int64, false),
-            arrow::datatypes::Field::new("day", DataType::Date32, true),
-        ]);
-        let ddl = create_table(
-            "db",
-            "m",
-            &schema,
-            Some(("day", PartitionGrain::Month)),
-            &["id".into()],
-        )
-        .unwrap();
-        assert!(
-            ddl.contains("`day` Date32\n)\nENGINE = MergeTree\nPARTITION BY toYYYYMM(`day`)"),
-            "{ddl}"
         );
     }
 }

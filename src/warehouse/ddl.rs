@@ -2,6 +2,7 @@
 
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
+use super::layout::LoadTarget;
 use crate::config::PartitionGrain;
 
 /// Quotes a ClickHouse identifier.
@@ -80,70 +81,66 @@ fn base_type(data_type: &DataType) -> Result<String, String> {
     })
 }
 
-/// How a table is laid out in ClickHouse.
-pub struct TableLayout<'a> {
-    pub database: &'a str,
-    pub table: &'a str,
-    pub schema: &'a Schema,
-    pub partition_column: &'a str,
-    pub key: &'a [String],
-    pub retention_days: Option<u32>,
-    pub grain: PartitionGrain,
+/// Each column's name and ClickHouse type in `target` (the partition and key
+/// columns are never `Nullable`: ClickHouse refuses them there).
+pub fn column_types(target: &LoadTarget, schema: &Schema) -> Result<Vec<(String, String)>, String> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let not_null = f.name() == target.partition_column() || target.key.contains(f.name());
+            Ok((f.name().clone(), column_type(f, not_null)?))
+        })
+        .collect()
 }
 
-impl TableLayout<'_> {
-    /// Each column's name and ClickHouse type.
-    pub fn column_types(&self) -> Result<Vec<(String, String)>, String> {
-        self.schema
-            .fields()
-            .iter()
-            .map(|f| {
-                let not_null = f.name() == self.partition_column || self.key.contains(f.name());
-                Ok((f.name().clone(), column_type(f, not_null)?))
-            })
-            .collect()
-    }
-
-    /// `CREATE TABLE IF NOT EXISTS` for the target table.
-    pub fn create_table(&self) -> Result<String, String> {
-        let columns = self
-            .column_types()?
-            .into_iter()
-            .map(|(name, ty)| format!("    {} {ty}", ident(&name)))
-            .collect::<Vec<_>>();
-        let order_by = self
-            .key
-            .iter()
-            .map(|k| ident(k))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let ttl = match self.retention_days {
-            Some(days) => format!(
-                "\nTTL toDate({}) + toIntervalDay({days}) DELETE",
-                ident(self.partition_column)
-            ),
-            None => String::new(),
-        };
-        Ok(format!(
-            "CREATE TABLE IF NOT EXISTS {}.{} (\n{}\n)\nENGINE = MergeTree\nPARTITION BY {}\nORDER BY ({order_by}){ttl}",
-            ident(self.database),
-            ident(self.table),
-            columns.join(",\n"),
-            partition_expression_for(self.partition_column, self.grain),
-        ))
-    }
-}
-
-impl TableLayout<'_> {
-    /// [`TableLayout::create_table`] with another engine, e.g.
-    /// `ReplacingMergeTree(_version, _is_deleted)`.
-    pub fn create_table_with_engine(&self, engine: &str) -> Result<String, String> {
-        Ok(self.create_table()?.replacen(
-            "\nENGINE = MergeTree\n",
-            &format!("\nENGINE = {engine}\n"),
-            1,
-        ))
-    }
+/// `CREATE TABLE IF NOT EXISTS` for `target` in `database`: the only place
+/// sluice writes ClickHouse DDL.
+pub fn create_table(
+    database: &str,
+    target: &LoadTarget,
+    schema: &Schema,
+) -> Result<String, String> {
+    let columns = column_types(target, schema)?
+        .into_iter()
+        .map(|(name, ty)| format!("    {} {ty}", ident(&name)))
+        .collect::<Vec<_>>();
+    let order_by = if target.key.is_empty() {
+        "tuple()".to_string()
+    } else {
+        format!(
+            "({})",
+            target
+                .key
+                .iter()
+                .map(|k| ident(k))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let partition = match &target.partition {
+        Some((column, grain)) => {
+            format!(
+                "\nPARTITION BY {}",
+                partition_expression_for(column, *grain)
+            )
+        }
+        None => String::new(),
+    };
+    let ttl = match (&target.partition, target.retention_days) {
+        (Some((column, _)), Some(days)) => format!(
+            "\nTTL toDate({}) + toIntervalDay({days}) DELETE",
+            ident(column)
+        ),
+        _ => String::new(),
+    };
+    Ok(format!(
+        "CREATE TABLE IF NOT EXISTS {}.{} (\n{}\n)\nENGINE = {}{partition}\nORDER BY {order_by}{ttl}",
+        ident(database),
+        ident(&target.name),
+        columns.join(",\n"),
+        target.engine.clause(),
+    ))
 }
 
 /// The partition expression: one ClickHouse partition per lake day, so that a lake
@@ -181,6 +178,7 @@ pub fn partition_id_for(day: &str, grain: PartitionGrain) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::warehouse::layout::Engine;
 
     #[test]
     fn ddl_for_a_typical_table() {
@@ -194,28 +192,74 @@ mod tests {
             ),
             Field::new("we`ird", DataType::LargeUtf8, false),
         ]);
-        let key = vec!["id".to_string()];
-        let layout = TableLayout {
-            database: "db",
-            table: "t",
-            schema: &schema,
-            partition_column: "created_at",
-            key: &key,
+        let mut target = LoadTarget {
+            name: "t".into(),
+            partition: Some(("created_at".into(), PartitionGrain::Day)),
+            key: vec!["id".to_string()],
+            engine: Engine::MergeTree,
             retention_days: Some(90),
-            grain: PartitionGrain::Day,
         };
         assert_eq!(
-            layout.create_table().unwrap(),
+            create_table("db", &target, &schema).unwrap(),
             "CREATE TABLE IF NOT EXISTS `db`.`t` (\n    `id` Int64,\n    `amount` Nullable(Decimal(38, 10)),\n    `created_at` DateTime64(6, 'UTC'),\n    `we\\`ird` String\n)\nENGINE = MergeTree\nPARTITION BY toYYYYMMDD(`created_at`)\nORDER BY (`id`)\nTTL toDate(`created_at`) + toIntervalDay(90) DELETE"
         );
-        let monthly = TableLayout {
-            grain: PartitionGrain::Month,
-            ..layout
-        };
-        assert!(monthly
-            .create_table()
+        target.partition = Some(("created_at".into(), PartitionGrain::Month));
+        assert!(create_table("db", &target, &schema)
             .unwrap()
             .contains("\nPARTITION BY toYYYYMM(`created_at`)\n"));
+    }
+
+    #[test]
+    fn current_state_tables_replace_by_version_without_ttl() {
+        let schema = Schema::new(vec![
+            Field::new("_id", DataType::Utf8, false),
+            Field::new("_change_date", DataType::Date32, false),
+            Field::new("_version", DataType::UInt64, false),
+            Field::new("_is_deleted", DataType::UInt8, false),
+        ]);
+        let target = LoadTarget::current(
+            "c",
+            "_change_date",
+            &["_id".into()],
+            "_version",
+            "_is_deleted",
+        );
+        let ddl = create_table("db", &target, &schema).unwrap();
+        assert!(
+            ddl.ends_with("\nENGINE = ReplacingMergeTree(_version, _is_deleted)\nPARTITION BY toYYYYMMDD(`_change_date`)\nORDER BY (`_id`)"),
+            "{ddl}"
+        );
+    }
+
+    #[test]
+    fn unpartitioned_model_ddl() {
+        let schema = Schema::new(vec![
+            Field::new("merchant_id", DataType::Int64, true),
+            Field::new("n", DataType::Int64, false),
+        ]);
+        let target = LoadTarget::model("m", None, &["merchant_id".into()]);
+        assert_eq!(
+            create_table("db", &target, &schema).unwrap(),
+            "CREATE TABLE IF NOT EXISTS `db`.`m` (\n    `merchant_id` Int64,\n    `n` Int64\n)\nENGINE = MergeTree\nORDER BY (`merchant_id`)"
+        );
+        let keyless = LoadTarget::model("m", None, &[]);
+        assert!(create_table("db", &keyless, &schema)
+            .unwrap()
+            .ends_with("\nORDER BY tuple()"));
+    }
+
+    #[test]
+    fn month_partitioned_model_ddl() {
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("day", DataType::Date32, true),
+        ]);
+        let target = LoadTarget::model("m", Some(("day", PartitionGrain::Month)), &["id".into()]);
+        let ddl = create_table("db", &target, &schema).unwrap();
+        assert!(
+            ddl.contains("`day` Date32\n)\nENGINE = MergeTree\nPARTITION BY toYYYYMM(`day`)"),
+            "{ddl}"
+        );
     }
 
     #[test]

@@ -1,18 +1,25 @@
 //! ClickHouse: tables created from the lake's schema, partitions loaded from the lake
 //! with `s3()` into a staging table and swapped in with `REPLACE PARTITION`, so that
 //! a rerun replaces rows instead of appending them.
+//!
+//! What to create and load is a [`LoadTarget`] (layout.rs), whatever made the lake
+//! table; [`ddl::create_table`] is the only DDL. Staging tables live in a database
+//! of their own, `<database>_sluice`, and are dropped after each load, so the
+//! analysts' database holds only the tables they asked for.
 
 pub mod ddl;
+pub mod layout;
 
 use arrow::datatypes::Schema;
 use clickhouse::Client;
 use tracing::Instrument;
 
-use crate::config::{ClickHouseConfig, PartitionGrain, TableConfig};
+use crate::config::{ClickHouseConfig, PartitionGrain};
 use crate::error::{chain, redact, register_secret, Error, Result};
 use crate::lake::manifest::PartitionEntry;
 use crate::lake::{Lake, LakeLocation};
-use ddl::{ident, partition_id, partition_id_for, string, TableLayout, UNPARTITIONED};
+use ddl::{ident, partition_id, partition_id_for, string, UNPARTITIONED};
+pub use layout::{Engine, LoadTarget};
 
 /// A connection to the warehouse and what it needs to read the lake.
 pub struct Warehouse {
@@ -85,16 +92,30 @@ impl Warehouse {
         format!("{}.{}", ident(&self.database), ident(table))
     }
 
-    fn staging_table(table: &str) -> String {
-        format!("_sluice_stage_{table}")
+    /// The database of the staging tables: `<database>_sluice`.
+    fn stage_database(&self) -> String {
+        format!("{}_sluice", self.database)
     }
 
-    /// Empties the staging twin of `table` by dropping and recreating it. A
-    /// `TRUNCATE` removes the parts before it answers (1-2 s for 100 loaded days,
-    /// twice per load); an Atomic database drops a table's data in the
-    /// background, so this takes milliseconds.
+    /// The staging twin of `table`, qualified.
+    fn stage(&self, table: &str) -> String {
+        format!("{}.{}", ident(&self.stage_database()), ident(table))
+    }
+
+    /// Makes the staging twin of `table` afresh (empty, the table's columns). A
+    /// `TRUNCATE` removes the parts before it answers (1-2 s for 100 loaded days);
+    /// an Atomic database drops a table's data in the background, so this takes
+    /// milliseconds.
     async fn reset_stage(&self, table: &str) -> Result<()> {
-        let stage = self.qualified(&Self::staging_table(table));
+        let stage = self.stage(table);
+        self.execute(
+            table,
+            &format!(
+                "CREATE DATABASE IF NOT EXISTS {}",
+                ident(&self.stage_database())
+            ),
+        )
+        .await?;
         self.execute(table, &format!("DROP TABLE IF EXISTS {stage}"))
             .await?;
         self.execute(
@@ -104,34 +125,33 @@ impl Warehouse {
         .await
     }
 
-    /// Creates the database and the table (and its staging twin) if missing.
-    pub async fn ensure_table(&self, config: &TableConfig, schema: &Schema) -> Result<()> {
-        let name = &config.name;
+    /// Drops the staging twin of `table` once a load is done.
+    async fn drop_stage(&self, table: &str) -> Result<()> {
+        self.execute(
+            table,
+            &format!("DROP TABLE IF EXISTS {}", self.stage(table)),
+        )
+        .await
+    }
+
+    /// Creates the database and `target`'s table if missing, refuses one made with
+    /// another partition grain, and brings an existing table's columns to the
+    /// lake's schema.
+    pub async fn ensure_table(&self, target: &LoadTarget, schema: &Schema) -> Result<()> {
+        let name = &target.name;
         self.execute(
             name,
             &format!("CREATE DATABASE IF NOT EXISTS {}", ident(&self.database)),
         )
         .await?;
-        let layout = TableLayout {
-            database: &self.database,
-            table: name,
-            schema,
-            partition_column: &config.partition_by,
-            key: &config.key,
-            retention_days: config.retention_days,
-            grain: config.clickhouse_grain(),
-        };
-        let ddl = layout
-            .create_table()
+        let ddl = ddl::create_table(&self.database, target, schema)
             .map_err(|e| Error::warehouse(name, e))?;
         self.execute(name, &ddl).await?;
-        self.check_grain(name, layout.grain).await?;
-        let columns = layout
-            .column_types()
-            .map_err(|e| Error::warehouse(name, e))?;
-        self.sync_columns(name, &columns).await?;
-        // The staging twin is made afresh: the target may just have gained columns.
-        self.reset_stage(name).await
+        if target.partition.is_some() {
+            self.check_grain(name, target.grain()).await?;
+        }
+        let columns = ddl::column_types(target, schema).map_err(|e| Error::warehouse(name, e))?;
+        self.sync_columns(name, &columns).await
     }
 
     /// Refuses a table that exists with another partition grain than the config's:
@@ -212,35 +232,12 @@ impl Warehouse {
 
     /// Drops the table and its staging twin (a rebuild reloads them from the lake).
     pub async fn drop_table(&self, name: &str) -> Result<()> {
-        for table in [name.to_string(), Self::staging_table(name)] {
-            self.execute(
-                name,
-                &format!("DROP TABLE IF EXISTS {}", self.qualified(&table)),
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// Creates the database, the table `name` with `create_table` (a `CREATE TABLE
-    /// IF NOT EXISTS`), and its staging twin, for tables not described by a
-    /// [`TableConfig`] (SQL models).
-    pub async fn ensure_table_with(&self, name: &str, create_table: &str) -> Result<()> {
         self.execute(
             name,
-            &format!("CREATE DATABASE IF NOT EXISTS {}", ident(&self.database)),
+            &format!("DROP TABLE IF EXISTS {}", self.qualified(name)),
         )
         .await?;
-        self.execute(name, create_table).await?;
-        self.execute(
-            name,
-            &format!(
-                "CREATE TABLE IF NOT EXISTS {} AS {}",
-                self.qualified(&Self::staging_table(name)),
-                self.qualified(name)
-            ),
-        )
-        .await
+        self.drop_stage(name).await
     }
 
     /// The database the tables live in.
@@ -248,22 +245,7 @@ impl Warehouse {
         &self.database
     }
 
-    /// Replaces one day of `config.name` with the lake's files of that day and
-    /// checks the row count. Returns the rows now in that ClickHouse partition.
-    pub async fn load_partition(
-        &self,
-        config: &TableConfig,
-        columns: &[String],
-        day: &str,
-        partition: &PartitionEntry,
-    ) -> Result<u64> {
-        let loaded = self
-            .load_partitions(config, columns, &[(day.to_string(), partition.clone())])
-            .await?;
-        Ok(loaded.first().map_or(0, |(_, rows)| *rows))
-    }
-
-    /// Replaces the given days of `config.name` with the lake's files of those days,
+    /// Replaces the given days of `target.name` with the lake's files of those days,
     /// several days per statement (see [`LoadBatch`]): the files are inserted into
     /// the staging twin, the per-day row counts checked against the lake, then every
     /// day is swapped in by one `ALTER TABLE … REPLACE PARTITION …, REPLACE
@@ -273,11 +255,11 @@ impl Warehouse {
     /// the order given.
     pub async fn load_partitions(
         &self,
-        config: &TableConfig,
+        target: &LoadTarget,
         columns: &[String],
         days: &[(String, PartitionEntry)],
     ) -> Result<Vec<(String, u64)>> {
-        self.load_partitions_with(config, columns, days, |_| {})
+        self.load_partitions_with(target, columns, days, |_| {})
             .await
     }
 
@@ -285,15 +267,15 @@ impl Warehouse {
     /// statement is done (the progress of `sluice run`).
     pub async fn load_partitions_with(
         &self,
-        config: &TableConfig,
+        target: &LoadTarget,
         columns: &[String],
         days: &[(String, PartitionEntry)],
         mut on_loaded: impl FnMut(&str),
     ) -> Result<Vec<(String, u64)>> {
         let mut loaded = Vec::with_capacity(days.len());
-        let grain = config.clickhouse_grain();
+        let grain = target.grain();
         for batch in LoadBatch::split(days, self.days_per_load, grain) {
-            let done = self.load_batch(config, columns, batch).await?;
+            let done = self.load_batch(target, columns, batch).await?;
             done.iter().for_each(|(day, _)| on_loaded(day));
             loaded.extend(done);
         }
@@ -308,20 +290,20 @@ impl Warehouse {
     /// whole by one `ALTER … REPLACE PARTITION`. A failed check replaces nothing.
     async fn load_batch(
         &self,
-        config: &TableConfig,
+        load: &LoadTarget,
         columns: &[String],
         days: &[(String, PartitionEntry)],
     ) -> Result<Vec<(String, u64)>> {
-        let name = &config.name;
-        let grain = config.clickhouse_grain();
+        let name = &load.name;
+        let grain = load.grain();
         let target = self.qualified(name);
-        let stage = self.qualified(&Self::staging_table(name));
-        let day_of = if config.partition_by.is_empty() {
+        let stage = self.stage(name);
+        let day_of = if load.partition.is_none() {
             // A table without a partition column (a model without `partition_by`)
             // is one ClickHouse partition, `all`, loaded as the one "day" `all`.
             string(UNPARTITIONED)
         } else {
-            format!("toString(toDate32({}))", ident(&config.partition_by))
+            format!("toString(toDate32({}))", ident(load.partition_column()))
         };
         let partitions: std::collections::BTreeSet<String> = days
             .iter()
@@ -436,7 +418,7 @@ impl Warehouse {
             }
             result.push((day.clone(), got));
         }
-        self.reset_stage(name).await?;
+        self.drop_stage(name).await?;
         Ok(result)
     }
 
@@ -728,34 +710,9 @@ fn has_glob_chars(path: &str) -> bool {
     path.contains(['{', '}', ',', '*', '?'])
 }
 
-/// Snapshot-diff loads (src/capture/snapshot.rs): a table derived from another
-/// ClickHouse table, partition by partition.
+/// Current-state tables (`<table>_current`): derived from another ClickHouse
+/// table, partition by partition.
 impl Warehouse {
-    /// Creates the database, the table with `engine` (e.g.
-    /// `ReplacingMergeTree(_version, _is_deleted)`), one partition per day of
-    /// `partition_column`, no TTL, and the table's staging twin.
-    pub async fn ensure_table_with_engine(
-        &self,
-        table: &str,
-        schema: &Schema,
-        partition_column: &str,
-        key: &[String],
-        engine: &str,
-    ) -> Result<()> {
-        let ddl = TableLayout {
-            database: &self.database,
-            table,
-            schema,
-            partition_column,
-            key,
-            retention_days: None,
-            grain: crate::config::PartitionGrain::Day,
-        }
-        .create_table_with_engine(engine)
-        .map_err(|e| Error::warehouse(table, e))?;
-        self.ensure_table_with(table, &ddl).await
-    }
-
     /// Replaces partition `day` of `table` with the rows of the same partition of
     /// `from` (same columns), checking that `expected` rows arrive. Returns the
     /// rows now in that partition.
@@ -767,7 +724,7 @@ impl Warehouse {
         expected: u64,
     ) -> Result<u64> {
         let target = self.qualified(table);
-        let stage = self.qualified(&Self::staging_table(table));
+        let stage = self.stage(table);
         let id = string(&partition_id(day));
         self.reset_stage(table).await?;
         self.execute(
@@ -804,7 +761,7 @@ impl Warehouse {
                 &format!("SELECT count() FROM {target} WHERE _partition_id = {id}"),
             )
             .await?;
-        self.reset_stage(table).await?;
+        self.drop_stage(table).await?;
         if loaded != expected {
             return Err(Error::warehouse(
                 table,
