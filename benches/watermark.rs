@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use sluice::capture::watermark::{key_strings, CursorColumn, WatermarkTracker};
+use sluice::capture::cursor::{key_strings, CursorColumn, WatermarkTracker};
 
 #[allow(dead_code)] // each benchmark uses part of it
 mod support;

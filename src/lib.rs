@@ -15,6 +15,7 @@ pub mod demo_data;
 pub mod error;
 pub mod fault;
 pub mod lake;
+pub mod pipeline;
 pub mod progress;
 pub mod query;
 pub mod report;
@@ -26,4 +27,5 @@ pub mod warehouse;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use run::{run, RunOptions, RunReport, TableReport};
+pub use pipeline::TableReport;
+pub use run::{run, RunOptions, RunReport};

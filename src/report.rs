@@ -48,7 +48,7 @@ pub struct StoredTable {
     pub watermark_after: Option<String>,
     pub lake_rows: u64,
     pub seconds: f64,
-    pub stages: crate::run::StageSeconds,
+    pub stages: crate::pipeline::StageSeconds,
     pub warnings: Vec<String>,
 }
 

@@ -16,7 +16,7 @@
 use chrono::{Days, NaiveDate};
 use serde::{Deserialize, Serialize};
 
-use crate::capture::watermark::CursorValue;
+use crate::capture::cursor::CursorValue;
 use crate::config::{CaptureMode, Config};
 use crate::error::{ConfigError, Error, Result};
 use crate::source::sql::Dialect;

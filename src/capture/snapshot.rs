@@ -22,6 +22,7 @@
 //! against the same earlier snapshot and replaces the day's change set, so reruns
 //! are idempotent.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,17 +36,22 @@ use arrow::record_batch::RecordBatch;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, PutPayload};
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::capture::merge::conform;
-use crate::config::{CaptureMode, Config, TableConfig};
+use super::merge::conform;
+use super::{
+    Apply, Capture, CaptureContext, CaptureCounts, CaptureOutcome, Committed, LakeTable, Position,
+    SchemaUpdate, TableChange,
+};
+use crate::config::{CaptureMode, TableConfig};
 use crate::error::{Error, Result};
-use crate::lake::manifest::{Manifest, PartitionEntry};
+use crate::lake::manifest::Manifest;
 use crate::lake::writer::{day_string, parse_day, FileRoller};
 use crate::lake::Lake;
-use crate::run::TableReport;
+use crate::pipeline::table::WarehouseTables;
+use crate::progress::Stage;
 use crate::source::mongo::{CollectionSource, ColumnType, DocumentSchema, HASH_COLUMN, KEY_COLUMN};
-use crate::warehouse::Warehouse;
+use crate::warehouse::LoadTarget;
 
 /// Environment variable that sets the snapshot day instead of today (UTC).
 pub const SNAPSHOT_DATE_ENV: &str = "SLUICE_SNAPSHOT_DATE";
@@ -62,72 +68,133 @@ pub const IS_DELETED: &str = "_is_deleted";
 /// Suffix of the state table (lake) and the current-state table (ClickHouse).
 pub const CURRENT_SUFFIX: &str = "_current";
 
-/// Runs one MongoDB table in `snapshot` or `snapshot_diff` mode.
-pub async fn run_table(
-    config: &Config,
-    table: &TableConfig,
-    lake: &Lake,
-    warehouse: Option<&Warehouse>,
-    run_id: &str,
-) -> Result<TableReport> {
-    let started = Instant::now();
-    let day = snapshot_day(&table.name)?;
-    let source = &config.sources[&table.source];
-    let collection = CollectionSource {
-        url: source.url.clone(),
-        collection: table.collection.clone().unwrap_or_default(),
-    };
-    let run = SnapshotRun {
-        table,
-        lake,
-        warehouse,
-        run_id,
-        day,
-    };
-    let mut report = TableReport {
-        table: table.name.clone(),
-        ..Default::default()
-    };
-    let schema = run.document_schema(&collection).await?;
-    info!(day = %day_string(day), collection = %collection.collection, "Snapshot started.");
-    // The diff merge-joins the collection in key order: one cursor. A snapshot
-    // may read key ranges at once (`read_parallelism`).
-    let stream = match table.mode {
-        CaptureMode::Snapshot => {
-            collection
-                .read_parallel(
-                    &table.name,
-                    schema,
-                    table.batch_rows,
-                    table.read_parallelism,
-                )
-                .await?
-        }
-        _ => {
-            collection
-                .read(&table.name, schema, table.batch_rows)
-                .await?
-        }
-    };
-    match table.mode {
-        CaptureMode::Snapshot => run.snapshot(stream, &mut report).await?,
-        CaptureMode::SnapshotDiff => run.snapshot_diff(stream, &mut report).await?,
-        CaptureMode::Watermark | CaptureMode::ChangeStream => {
-            unreachable!("run.rs sends only snapshot modes here")
+/// Snapshot or snapshot-diff capture of one MongoDB collection (by the table's
+/// `mode`).
+pub struct Snapshot<'a> {
+    pub table: &'a TableConfig,
+}
+
+impl Snapshot<'_> {
+    fn key(&self) -> Vec<String> {
+        vec![self.table.key_fields().remove(0)]
+    }
+
+    fn state_name(&self) -> String {
+        format!("{}{CURRENT_SUFFIX}", self.table.name)
+    }
+}
+
+impl Capture for Snapshot<'_> {
+    /// Snapshot: the table, by `snapshot_date`. Diff: the state (the last
+    /// snapshots, by `snapshot_date`), then the change table (by `_change_date`),
+    /// committed in that order.
+    fn lake_tables(&self) -> Vec<LakeTable> {
+        let table = |name: String, partition_column: &str| LakeTable {
+            name,
+            partition_column: partition_column.to_string(),
+            key: self.key(),
+        };
+        match self.table.mode {
+            CaptureMode::SnapshotDiff => vec![
+                table(self.state_name(), SNAPSHOT_DATE),
+                table(self.table.name.clone(), CHANGE_DATE),
+            ],
+            _ => vec![table(self.table.name.clone(), SNAPSHOT_DATE)],
         }
     }
-    report.seconds = started.elapsed().as_secs_f64();
-    for warning in &report.warnings {
-        warn!(warning = %warning, "Table warning.");
+
+    fn warehouse_tables(&self) -> WarehouseTables {
+        let key = self.key();
+        match self.table.mode {
+            CaptureMode::SnapshotDiff => WarehouseTables {
+                target: LoadTarget::changes(
+                    &self.table.name,
+                    CHANGE_DATE,
+                    &key,
+                    self.table.retention_days,
+                ),
+                current: Some(LoadTarget::current(
+                    &self.state_name(),
+                    CHANGE_DATE,
+                    &key,
+                    VERSION,
+                    IS_DELETED,
+                )),
+            },
+            _ => WarehouseTables {
+                target: LoadTarget::for_table(self.table, SNAPSHOT_DATE, &key),
+                current: None,
+            },
+        }
     }
-    info!(
-        rows_read = report.rows_read,
-        rows_changed = report.rows_changed,
-        rows_loaded = report.rows_loaded,
-        seconds = report.seconds,
-        "Table done."
-    );
-    Ok(report)
+
+    async fn capture(
+        &self,
+        ctx: &CaptureContext<'_>,
+        committed: &Committed,
+    ) -> Result<CaptureOutcome> {
+        let table = self.table;
+        ctx.progress.stage(Stage::Snapshot, None);
+        for (lake_table, manifest) in self.lake_tables().iter().zip(&committed.manifests) {
+            check_layout(lake_table, manifest)?;
+        }
+        let day = snapshot_day(&table.name)?;
+        let source = &ctx.config.sources[&table.source];
+        let collection = CollectionSource {
+            url: source.url.clone(),
+            collection: table.collection.clone().unwrap_or_default(),
+        };
+        let run = SnapshotRun {
+            table,
+            lake: ctx.lake,
+            run_id: ctx.run_id,
+            day,
+        };
+        let loaded = committed.manifests.iter().any(|m| m.version > 0);
+        let schema = run.document_schema(&collection, loaded).await?;
+        info!(day = %day_string(day), collection = %collection.collection, "Snapshot started.");
+        // The diff merge-joins the collection in key order: one cursor. A snapshot
+        // may read key ranges at once (`read_parallelism`).
+        let stream = match table.mode {
+            CaptureMode::Snapshot => {
+                collection
+                    .read_parallel(
+                        &table.name,
+                        schema,
+                        table.batch_rows,
+                        table.read_parallelism,
+                    )
+                    .await?
+            }
+            _ => {
+                collection
+                    .read(&table.name, schema, table.batch_rows)
+                    .await?
+            }
+        };
+        match table.mode {
+            CaptureMode::SnapshotDiff => {
+                let (state, changes) = (&committed.manifests[0], &committed.manifests[1]);
+                run.snapshot_diff(stream, state, changes).await
+            }
+            _ => run.snapshot(stream, &committed.manifests[0]).await,
+        }
+    }
+}
+
+/// Refuses a lake table made by another kind of capture (another partition
+/// column or key).
+fn check_layout(table: &LakeTable, m: &Manifest) -> Result<()> {
+    if m.partition_column == table.partition_column && m.key == table.key {
+        return Ok(());
+    }
+    Err(Error::capture(
+        &table.name,
+        format!(
+            "the lake's table was built with partition column {:?} and key {:?}; this run needs {:?} and {:?} (mode or key changed: delete the table's folder to rebuild it)",
+            m.partition_column, m.key, table.partition_column, table.key
+        ),
+    ))
 }
 
 /// The table's document schema (see `SnapshotRun::document_schema`): the one kept
@@ -137,15 +204,15 @@ pub(crate) async fn document_schema(
     table: &TableConfig,
     lake: &Lake,
     collection: &CollectionSource,
+    committed: bool,
 ) -> Result<DocumentSchema> {
     let run = SnapshotRun {
         table,
         lake,
-        warehouse: None,
         run_id: "",
         day: 0,
     };
-    run.document_schema(collection).await
+    run.document_schema(collection, committed).await
 }
 
 /// The run's snapshot day: `SLUICE_SNAPSHOT_DATE` or today (UTC).
@@ -166,7 +233,6 @@ fn snapshot_day(table: &str) -> Result<i32> {
 struct SnapshotRun<'a> {
     table: &'a TableConfig,
     lake: &'a Lake,
-    warehouse: Option<&'a Warehouse>,
     run_id: &'a str,
     day: i32,
 }
@@ -187,10 +253,14 @@ impl SnapshotRun<'_> {
         format!("_sluice/mongo/{}/schema.json", self.name())
     }
 
-    async fn document_schema(&self, collection: &CollectionSource) -> Result<DocumentSchema> {
+    /// `committed`: the table has been committed before (its schema is kept).
+    async fn document_schema(
+        &self,
+        collection: &CollectionSource,
+        committed: bool,
+    ) -> Result<DocumentSchema> {
         let name = self.name();
         let path = self.lake.path(&self.schema_path());
-        let committed = self.lake.read_manifest(name).await?.is_some();
         if committed {
             match self.lake.store().get(&path).await {
                 Ok(object) => {
@@ -238,22 +308,6 @@ impl SnapshotRun<'_> {
         Ok(schema)
     }
 
-    /// Reads a table's manifest, checking it was made by the same kind of capture.
-    async fn manifest(&self, table: &str, partition_column: &str) -> Result<Manifest> {
-        let key = vec![self.key()];
-        match self.lake.read_manifest(table).await? {
-            Some(m) if m.partition_column == partition_column && m.key == key => Ok(m),
-            Some(m) => Err(Error::capture(
-                table,
-                format!(
-                    "the lake's table was built with partition column {:?} and key {:?}; this run needs {:?} and {:?} (mode or key changed: delete the table's folder to rebuild it)",
-                    m.partition_column, m.key, partition_column, key
-                ),
-            )),
-            None => Ok(Manifest::new(table, partition_column, &key)),
-        }
-    }
-
     fn roller(&self, table: &str, column: &str, schema: &SchemaRef, seq: usize) -> FileRoller {
         let rel = format!("{column}={}", day_string(self.day));
         let dir = self.lake.path(&format!("{table}/{rel}"));
@@ -266,32 +320,14 @@ impl SnapshotRun<'_> {
         )
     }
 
-    async fn commit(&self, next: &mut Manifest) -> Result<()> {
-        next.version += 1;
-        next.run_id = self.run_id.to_string();
-        next.committed_at = chrono::Utc::now().to_rfc3339();
-        self.lake.write_manifest(next).await
-    }
-
-    /// A `TableConfig` for the warehouse's loads of `name` partitioned by `column`.
-    fn warehouse_table(&self, name: &str, column: &str, retention: Option<u32>) -> TableConfig {
-        let mut t = self.table.clone();
-        t.name = name.to_string();
-        t.partition_by = column.to_string();
-        t.key = vec![self.key()];
-        t.retention_days = retention;
-        t
-    }
-
-    /// Snapshot mode: the collection into today's partition, replacing it.
+    /// Snapshot mode: the collection into the day's partition, replacing it;
+    /// snapshots older than `retention_days` leave the lake.
     async fn snapshot(
         &self,
         stream: crate::source::BatchStream,
-        report: &mut TableReport,
-    ) -> Result<()> {
+        committed: &Manifest,
+    ) -> Result<CaptureOutcome> {
         let name = self.name().to_string();
-        let manifest = self.manifest(&name, SNAPSHOT_DATE).await?;
-        self.lake.remove_orphans(&name, Some(&manifest)).await?;
         let data_columns = data_columns(&stream.schema);
         let schema = with_columns(
             &stream.schema,
@@ -299,99 +335,65 @@ impl SnapshotRun<'_> {
             &[Field::new(SNAPSHOT_DATE, DataType::Date32, false)],
         );
         let stage = Instant::now();
+        let mut counts = CaptureCounts::default();
         let mut roller = self.roller(&name, SNAPSHOT_DATE, &schema, 0);
         let mut batches = stream.batches;
         while let Some(batch) = batches.next().await {
             let batch = batch?;
-            report.rows_read += batch.num_rows() as u64;
+            counts.rows_read += batch.num_rows() as u64;
             let day = Arc::new(Date32Array::from(vec![self.day; batch.num_rows()])) as ArrayRef;
             let out = append_columns(&schema, &batch, &data_columns, vec![day])?;
             roller.write(&out).await?;
         }
         let files = roller.finish().await?;
-        report.rows_changed = report.rows_read;
-        report.files_written = files.len();
-        report.bytes_written = files.iter().map(|f| f.bytes).sum();
+        counts.rows_changed = counts.rows_read;
+        counts.extract_seconds = stage.elapsed().as_secs_f64();
+        info!(rows = counts.rows_read, "Snapshot written.");
 
-        let day_name = day_string(self.day);
-        let mut next = manifest.clone();
-        let mut replaced: Vec<String> = manifest
-            .partitions
-            .get(&day_name)
-            .map(|p| p.files.iter().map(|f| f.path.clone()).collect())
-            .unwrap_or_default();
-        next.partitions.insert(
-            day_name.clone(),
-            PartitionEntry {
-                rows: report.rows_read,
-                files,
-            },
-        );
         // Lake retention follows the warehouse's: snapshots older than
         // `retention_days` leave the manifest (their files are deleted after it).
-        if let Some(days) = self.table.retention_days {
-            let oldest = self.day - days as i32;
-            let expired: Vec<String> = next
-                .partitions
-                .keys()
-                .filter(|d| parse_day(d).is_some_and(|d| d < oldest))
-                .cloned()
-                .collect();
-            for d in expired {
-                if let Some(p) = next.partitions.remove(&d) {
-                    replaced.extend(p.files.into_iter().map(|f| f.path));
-                }
-                next.pending_warehouse.remove(&d);
+        let drop_days = match self.table.retention_days {
+            Some(days) => {
+                let oldest = self.day - days as i32;
+                committed
+                    .partitions
+                    .keys()
+                    .filter(|d| parse_day(d).is_some_and(|d| d < oldest))
+                    .cloned()
+                    .collect()
             }
-        }
-        next.set_schema(&schema);
-        if self.warehouse.is_some() {
-            next.pending_warehouse.insert(day_name.clone());
-        }
-        report.stages.extract = stage.elapsed().as_secs_f64();
-        let stage = Instant::now();
-        self.commit(&mut next).await?;
-        self.lake
-            .delete_files(&name, replaced.iter().map(String::as_str))
-            .await?;
-        report.partitions_written = vec![day_name];
-        report.stages.commit = stage.elapsed().as_secs_f64();
-        info!(
-            rows = report.rows_read,
-            version = next.version,
-            "Snapshot committed."
-        );
-
-        if let Some(warehouse) = self.warehouse {
-            let stage = Instant::now();
-            let t = self.warehouse_table(&name, SNAPSHOT_DATE, self.table.retention_days);
-            warehouse.ensure_table(&t, &schema).await?;
-            let columns = column_names(&schema);
-            for day in next.pending_warehouse.clone() {
-                let partition = next.partitions.get(&day).cloned().unwrap_or_default();
-                report.rows_loaded += warehouse
-                    .load_partition(&t, &columns, &day, &partition)
-                    .await?;
-                report.partitions_loaded.push(day);
-            }
-            report.stages.warehouse = stage.elapsed().as_secs_f64();
-            next.pending_warehouse.clear();
-            self.commit(&mut next).await?;
-        }
-        report.lake_rows = next.rows();
-        Ok(())
+            None => BTreeSet::new(),
+        };
+        Ok(CaptureOutcome {
+            changes: vec![TableChange {
+                apply: Apply::ReplaceDays {
+                    days: BTreeMap::from([(day_string(self.day), files)]),
+                    drop_days,
+                },
+                schema: SchemaUpdate::Set(Arc::clone(&schema)),
+                load: true,
+            }],
+            schema,
+            today: self.day,
+            position: Position::Keep,
+            rebuild_warehouse: false,
+            counts,
+            position_before: None,
+            position_after: None,
+            warnings: Vec::new(),
+        })
     }
 
     /// Snapshot-diff mode: see the module documentation.
     async fn snapshot_diff(
         &self,
         stream: crate::source::BatchStream,
-        report: &mut TableReport,
-    ) -> Result<()> {
+        state: &Manifest,
+        changes: &Manifest,
+    ) -> Result<CaptureOutcome> {
         let stage = Instant::now();
         let name = self.name().to_string();
         let state_name = format!("{name}{CURRENT_SUFFIX}");
-        let changes = self.manifest(&name, CHANGE_DATE).await?;
         if changes.change_stream.is_some() {
             // Its versions are cluster times: a day's diff (YYYYMMDD) would lose to them.
             return Err(Error::capture(
@@ -399,9 +401,6 @@ impl SnapshotRun<'_> {
                 format!("the lake's change table was made by change_stream capture; start it over with `sluice state reset --table {name}` (or `sluice run --full-refresh --table {name}`) to diff snapshots"),
             ));
         }
-        let state = self.manifest(&state_name, SNAPSHOT_DATE).await?;
-        self.lake.remove_orphans(&name, Some(&changes)).await?;
-        self.lake.remove_orphans(&state_name, Some(&state)).await?;
         let day_name = day_string(self.day);
 
         // The base: the latest earlier snapshot whose change set was committed too
@@ -478,14 +477,6 @@ impl SnapshotRun<'_> {
         let counts = join.counts;
         let state_files = join.state_roller.finish().await?;
         let change_files = join.change_roller.finish().await?;
-        report.rows_read = counts.read;
-        report.rows_changed = counts.inserts + counts.updates + counts.deletes;
-        report.files_written = state_files.len() + change_files.len();
-        report.bytes_written = state_files
-            .iter()
-            .chain(&change_files)
-            .map(|f| f.bytes)
-            .sum();
         info!(
             inserts = counts.inserts,
             updates = counts.updates,
@@ -493,90 +484,49 @@ impl SnapshotRun<'_> {
             base = ?base.as_ref().map(|(d, _)| d),
             "Snapshot diff computed."
         );
-
-        report.stages.extract = stage.elapsed().as_secs_f64();
-        let stage = Instant::now();
-        // Commit 1: the state (today's snapshot, the base kept, older ones dropped).
-        let mut next_state = state.clone();
+        let changed = counts.inserts + counts.updates + counts.deletes;
+        // The state keeps today's snapshot and the base; older ones go.
         let keep_base = base.as_ref().map(|(d, _)| d.clone());
-        let mut dropped: Vec<String> = Vec::new();
-        for (d, p) in &state.partitions {
-            if Some(d) != keep_base.as_ref() {
-                next_state.partitions.remove(d);
-                dropped.extend(p.files.iter().map(|f| f.path.clone()));
-            }
-        }
-        next_state.partitions.insert(
-            day_name.clone(),
-            PartitionEntry {
-                rows: counts.read,
-                files: state_files,
-            },
-        );
-        next_state.set_schema(&state_schema);
-        self.commit(&mut next_state).await?;
-
-        // Commit 2: the change set of the day (possibly empty).
-        let mut next = changes.clone();
-        let replaced: Vec<String> = changes
+        let drop_days: BTreeSet<String> = state
             .partitions
-            .get(&day_name)
-            .map(|p| p.files.iter().map(|f| f.path.clone()).collect())
-            .unwrap_or_default();
-        next.partitions.insert(
-            day_name.clone(),
-            PartitionEntry {
-                rows: report.rows_changed,
-                files: change_files,
+            .keys()
+            .filter(|d| Some(*d) != keep_base.as_ref() && **d != day_name)
+            .cloned()
+            .collect();
+        Ok(CaptureOutcome {
+            changes: vec![
+                TableChange {
+                    apply: Apply::ReplaceDays {
+                        days: BTreeMap::from([(day_name.clone(), state_files)]),
+                        drop_days,
+                    },
+                    schema: SchemaUpdate::Set(state_schema),
+                    load: false,
+                },
+                // The change set of the day (possibly empty).
+                TableChange {
+                    apply: Apply::ReplaceDays {
+                        days: BTreeMap::from([(day_name, change_files)]),
+                        drop_days: BTreeSet::new(),
+                    },
+                    schema: SchemaUpdate::Set(Arc::clone(&change_schema)),
+                    load: true,
+                },
+            ],
+            schema: change_schema,
+            today: self.day,
+            position: Position::Keep,
+            rebuild_warehouse: false,
+            counts: CaptureCounts {
+                rows_read: counts.read,
+                rows_changed: changed,
+                extract_seconds: stage.elapsed().as_secs_f64(),
+                ..Default::default()
             },
-        );
-        next.set_schema(&change_schema);
-        if self.warehouse.is_some() {
-            next.pending_warehouse.insert(day_name.clone());
-        }
-        self.commit(&mut next).await?;
-        self.lake
-            .delete_files(&state_name, dropped.iter().map(String::as_str))
-            .await?;
-        self.lake
-            .delete_files(&name, replaced.iter().map(String::as_str))
-            .await?;
-        report.partitions_written = vec![day_name];
-        report.stages.commit = stage.elapsed().as_secs_f64();
-        info!(version = next.version, "Lake committed.");
-
-        if let Some(warehouse) = self.warehouse {
-            let stage = Instant::now();
-            let log = self.warehouse_table(&name, CHANGE_DATE, self.table.retention_days);
-            warehouse.ensure_table(&log, &change_schema).await?;
-            // No TTL: a key unchanged for longer than the retention is still current.
-            warehouse
-                .ensure_table_with_engine(
-                    &state_name,
-                    &change_schema,
-                    CHANGE_DATE,
-                    &[self.key()],
-                    &format!("ReplacingMergeTree({VERSION}, {IS_DELETED})"),
-                )
-                .await?;
-            let columns = column_names(&change_schema);
-            for day in next.pending_warehouse.clone() {
-                let partition = next.partitions.get(&day).cloned().unwrap_or_default();
-                let rows = warehouse
-                    .load_partition(&log, &columns, &day, &partition)
-                    .await?;
-                warehouse
-                    .copy_partition(&state_name, &name, &day, rows)
-                    .await?;
-                report.rows_loaded += rows;
-                report.partitions_loaded.push(day);
-            }
-            report.stages.warehouse = stage.elapsed().as_secs_f64();
-            next.pending_warehouse.clear();
-            self.commit(&mut next).await?;
-        }
-        report.lake_rows = next.rows();
-        Ok(())
+            position_before: None,
+            position_after: None,
+            warnings: Vec::new(),
+        })
     }
 }
 
@@ -823,10 +773,6 @@ pub(crate) fn append_columns(
         .collect();
     arrays.extend(extra);
     RecordBatch::try_new(Arc::clone(schema), arrays).map_err(|e| Error::lake(e.to_string()))
-}
-
-pub(crate) fn column_names(schema: &Schema) -> Vec<String> {
-    schema.fields().iter().map(|f| f.name().clone()).collect()
 }
 
 fn join(base: &object_store::path::Path, relative: &str) -> object_store::path::Path {

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use arrow::datatypes::Schema;
 use serde::{Deserialize, Serialize};
 
-use crate::capture::change_stream::StreamPosition;
-use crate::capture::watermark::CursorValue;
+use crate::capture::cursor::CursorValue;
+use crate::capture::position::StreamPosition;
 
 /// Version of this file's layout.
 pub const FORMAT_VERSION: u32 = 1;

@@ -1,0 +1,103 @@
+//! Where a change stream stands in its source, kept in the table's manifest: plain
+//! data that the lake stores and the change-stream capture reads.
+
+use mongodb::bson::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// A MongoDB cluster time (a BSON timestamp): seconds and an ordinal within the
+/// second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClusterTime {
+    /// Seconds since the Unix epoch.
+    pub t: u32,
+    /// Ordinal of the operation within that second.
+    pub i: u32,
+}
+
+impl ClusterTime {
+    pub fn from_bson(ts: Timestamp) -> Self {
+        Self {
+            t: ts.time,
+            i: ts.increment,
+        }
+    }
+
+    pub fn to_bson(self) -> Timestamp {
+        Timestamp {
+            time: self.t,
+            increment: self.i,
+        }
+    }
+
+    /// The cluster time right after this one: where a stream starts so as not to
+    /// replay the changes at this time.
+    pub fn next(self) -> Self {
+        match self.i.checked_add(1) {
+            Some(i) => Self { t: self.t, i },
+            None => Self {
+                t: self.t + 1,
+                i: 0,
+            },
+        }
+    }
+
+    /// The `_version` of the `ordinal`-th change of one key at this time: grows
+    /// with the cluster time, so ReplacingMergeTree keeps the latest change of a
+    /// key across runs. Seconds take the high 32 bits, the increment the next 24
+    /// (16 million operations per second), and the ordinal the low 8: the changes
+    /// of one transaction share a cluster time, so a key changed twice in one
+    /// transaction is told apart by its order in the stream.
+    pub fn version(self, ordinal: u32) -> u64 {
+        (u64::from(self.t) << 32)
+            | (u64::from(self.i.min((1 << 24) - 1)) << 8)
+            | u64::from(ordinal.min(255))
+    }
+
+    /// The UTC day, as days since the epoch (the `_change_date` partition).
+    pub fn day(self) -> i32 {
+        (i64::from(self.t) / 86_400) as i32
+    }
+}
+
+impl std::fmt::Display for ClusterTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let when = chrono::DateTime::from_timestamp(i64::from(self.t), 0)
+            .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_else(|| "?".into());
+        write!(f, "Timestamp({}, {}) = {when}", self.t, self.i)
+    }
+}
+
+/// Where a `change_stream` table's next run resumes, kept in its manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    /// The change stream's resume token (`{"_data": …}`, relaxed Extended JSON),
+    /// opaque to sluice. `None` until the stream has been read once after the
+    /// first snapshot: the stream then starts at `snapshot_time`.
+    #[serde(default)]
+    pub resume_token: Option<serde_json::Value>,
+    /// The cluster time read just before the first snapshot.
+    pub snapshot_time: ClusterTime,
+    /// Every change at or before this cluster time is in the lake.
+    pub covered_until: ClusterTime,
+    /// Change events committed since the snapshot.
+    #[serde(default)]
+    pub events: u64,
+}
+
+impl StreamPosition {
+    /// One line for `state show` and `--dry-run`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}; changes up to cluster time {} are in the lake ({} event(s) since the snapshot of {})",
+            if self.resume_token.is_some() {
+                "resumes after the stored resume token"
+            } else {
+                "starts right after the snapshot's cluster time (no resume token yet)"
+            },
+            self.covered_until,
+            self.events,
+            self.snapshot_time
+        )
+    }
+}
