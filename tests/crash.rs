@@ -340,3 +340,286 @@ async fn second_concurrent_run_is_refused() {
     s.assert_consistent("after a refused concurrent run").await;
     s.finish().await;
 }
+
+// ---------------------------------------------------------------------------
+// Snapshot and snapshot-diff tables go through the same driver (commit, load,
+// final commit) and so have the same crash points as the watermark tables.
+
+mod snapshot_modes {
+    use super::*;
+    use mongodb::bson::{doc, oid::ObjectId, Document};
+
+    fn mongo_url(db: &str) -> String {
+        let base = env_or("SLUICE_TEST_MONGO_URL", "mongodb://127.0.0.1:27017");
+        format!("{base}/{db}?directConnection=true")
+    }
+
+    fn oid(n: u32) -> ObjectId {
+        let mut bytes = [0u8; 12];
+        bytes[0] = 0x65;
+        bytes[8..].copy_from_slice(&n.to_be_bytes());
+        ObjectId::from_bytes(bytes)
+    }
+
+    fn day(offset: i64) -> String {
+        (chrono::Utc::now() + chrono::Duration::days(offset))
+            .format("%Y-%m-%d")
+            .to_string()
+    }
+
+    struct MongoScenario {
+        name: String,
+        mode: &'static str,
+        coll: mongodb::Collection<Document>,
+        _dir: tempfile::TempDir,
+        config: std::path::PathBuf,
+    }
+
+    impl MongoScenario {
+        async fn new(mode: &'static str) -> Self {
+            let name = unique(&format!("crash_{mode}"));
+            let client = mongodb::Client::with_uri_str(mongo_url(&name))
+                .await
+                .unwrap_or_else(|e| panic!("MongoDB (run scripts/services.sh up): {e}"));
+            let coll = client.database(&name).collection("users");
+            coll.insert_many(
+                (1..=40).map(|n| doc! { "_id": oid(n), "n": n as i64, "state": "v1" }),
+            )
+            .await
+            .unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let config = write_config(
+                &dir,
+                &format!(
+                    r#"
+[lake]
+url = "s3://{bucket}/{name}"
+
+[sources.app]
+kind = "mongodb"
+url = "{mongo}"
+
+[clickhouse]
+url = "{ch}"
+database = "{name}"
+s3_endpoint = "{ch_s3}"
+
+[[table]]
+name = "users"
+source = "app"
+collection = "users"
+mode = "{mode}"
+batch_rows = 7
+"#,
+                    bucket = s3_bucket(),
+                    mongo = mongo_url(&name),
+                    ch = clickhouse_url(),
+                    ch_s3 = clickhouse_s3_endpoint(),
+                ),
+            );
+            Self {
+                name,
+                mode,
+                coll,
+                _dir: dir,
+                config,
+            }
+        }
+
+        fn run(&self, day: &str, fault: Option<&str>) -> std::process::Output {
+            let mut env = vec![("SLUICE_SNAPSHOT_DATE", day)];
+            if let Some(fault) = fault {
+                env.push(("SLUICE_FAULT", fault));
+            }
+            sluice(&["run", "--config", self.config.to_str().unwrap()], &env)
+        }
+
+        /// Inserts, updates and deletes a few documents.
+        async fn change(&self) {
+            self.coll
+                .insert_many(
+                    (41..=43).map(|n| doc! { "_id": oid(n), "n": n as i64, "state": "new" }),
+                )
+                .await
+                .unwrap();
+            self.coll
+                .update_many(
+                    doc! { "n": { "$in": [2i64, 5, 9, 11] } },
+                    doc! { "$set": { "state": "v2" } },
+                )
+                .await
+                .unwrap();
+            self.coll
+                .delete_many(doc! { "n": { "$in": [3i64, 4] } })
+                .await
+                .unwrap();
+        }
+
+        /// The collection as `n|state` lines, sorted by `n`.
+        async fn source(&self) -> Vec<String> {
+            use futures::TryStreamExt;
+            let docs: Vec<Document> = self
+                .coll
+                .find(doc! {})
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            let mut lines: Vec<(i64, String)> = docs
+                .iter()
+                .map(|d| {
+                    let n = d.get_i64("n").unwrap();
+                    (n, format!("{n}|{}", d.get_str("state").unwrap()))
+                })
+                .collect();
+            lines.sort();
+            lines.into_iter().map(|(_, l)| l).collect()
+        }
+
+        /// ClickHouse and the lake equal the collection for `today`, and nothing
+        /// is pending or left over.
+        async fn assert_consistent(&self, today: &str, case: &str) {
+            let source = self.source().await;
+            let db = &self.name;
+            match self.mode {
+                "snapshot" => {
+                    let ch = ch_lines(&format!(
+                        "SELECT n, state FROM `{db}`.users WHERE snapshot_date = '{today}' ORDER BY n"
+                    ))
+                    .await;
+                    assert_eq!(ch, source, "{case}: today's snapshot in ClickHouse");
+                    let yesterday = ch_lines(&format!(
+                        "SELECT count() FROM `{db}`.users WHERE snapshot_date = '{}'",
+                        day(-1)
+                    ))
+                    .await;
+                    assert_eq!(yesterday, vec!["40"], "{case}: yesterday's snapshot kept");
+                }
+                _ => {
+                    let current = ch_lines(&format!(
+                        "SELECT n, state FROM `{db}`.users_current FINAL WHERE _is_deleted = 0 ORDER BY n"
+                    ))
+                    .await;
+                    assert_eq!(current, source, "{case}: users_current FINAL");
+                    // 3 inserts, 4 updates, 2 deletes: each once.
+                    let changes = ch_lines(&format!(
+                        "SELECT _op, count() FROM `{db}`.users WHERE _change_date = '{today}' GROUP BY _op ORDER BY _op"
+                    ))
+                    .await;
+                    assert_eq!(
+                        changes,
+                        vec!["delete|2", "insert|3", "update|4"],
+                        "{case}: today's change rows"
+                    );
+                }
+            }
+            let store = s3_store();
+            for table in match self.mode {
+                "snapshot" => vec!["users"],
+                _ => vec!["users", "users_current"],
+            } {
+                let prefix = format!("{db}/{table}");
+                let manifest: serde_json::Value = {
+                    use object_store::ObjectStoreExt;
+                    let path = object_store::path::Path::from(format!("{prefix}/_manifest.json"));
+                    serde_json::from_slice(&store.get(&path).await.unwrap().bytes().await.unwrap())
+                        .unwrap()
+                };
+                assert!(
+                    manifest["pending_warehouse"].as_array().unwrap().is_empty(),
+                    "{case}: {table} has pending days"
+                );
+                let live: BTreeSet<String> = manifest["partitions"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .flat_map(|p| p["files"].as_array().unwrap().iter())
+                    .map(|f| format!("{prefix}/{}", f["path"].as_str().unwrap()))
+                    .collect();
+                let present: BTreeSet<String> = list(&store, &prefix)
+                    .await
+                    .into_iter()
+                    .map(|(p, _)| p)
+                    .filter(|p| p.ends_with(".parquet"))
+                    .collect();
+                assert_eq!(live, present, "{case}: {table} live files vs objects");
+            }
+            // The lake's rows of today equal the source's count.
+            let (table, column) = match self.mode {
+                "snapshot" => ("users", "snapshot_date"),
+                _ => ("users_current", "snapshot_date"),
+            };
+            let rows: usize =
+                read_parquet_under(&store, &format!("{db}/{table}/{column}={today}/"))
+                    .await
+                    .iter()
+                    .map(|b| b.num_rows())
+                    .sum();
+            assert_eq!(rows, source.len(), "{case}: lake rows of {today}");
+        }
+
+        async fn finish(self) {
+            ch_exec(&format!("DROP DATABASE IF EXISTS `{}`", self.name)).await;
+            ch_exec(&format!("DROP DATABASE IF EXISTS `{}_sluice`", self.name)).await;
+        }
+    }
+
+    /// Day 1 loads; day 2 (after changes) is killed at `fault`, then rerun.
+    async fn case(mode: &'static str, fault: &str) {
+        let s = MongoScenario::new(mode).await;
+        let (day1, day2) = (day(-1), day(0));
+        let first = s.run(&day1, None);
+        assert!(
+            first.status.success(),
+            "{}",
+            String::from_utf8_lossy(&first.stderr)
+        );
+        s.change().await;
+        let killed = s.run(&day2, Some(fault));
+        let stderr = String::from_utf8_lossy(&killed.stderr);
+        assert!(
+            !killed.status.success(),
+            "{mode}: the run survived its fault {fault}:\n{stderr}"
+        );
+        let point = fault.split('@').next().unwrap();
+        assert!(
+            stderr.contains(&format!("fault injected at {point}")),
+            "{mode}: the run failed before reaching {fault}:\n{stderr}"
+        );
+        let rerun = s.run(&day2, None);
+        assert!(
+            rerun.status.success(),
+            "{}",
+            String::from_utf8_lossy(&rerun.stderr)
+        );
+        s.assert_consistent(&day2, &format!("{mode}, killed at {fault}"))
+            .await;
+        s.finish().await;
+    }
+
+    const FAULTS: [&str; 8] = [
+        "lake.file_closed@1",
+        "lake.before_commit",
+        "lake.after_commit",
+        "lake.after_delete",
+        "warehouse.after_stage_insert",
+        "warehouse.after_replace",
+        "run.before_final_commit",
+        "run.after_final_commit",
+    ];
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn snapshot_killed_at_every_point() {
+        for fault in FAULTS {
+            case("snapshot", fault).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn snapshot_diff_killed_at_every_point() {
+        for fault in FAULTS {
+            case("snapshot_diff", fault).await;
+        }
+    }
+}

@@ -444,22 +444,24 @@ async fn change_stream_crash_at_any_point_neither_loses_nor_duplicates() {
         .insert_many((1..=5).map(|n| user(n, "Lagos")))
         .await
         .unwrap();
-    // The first run dies after committing its snapshot, before following the stream.
-    s.run_killed_at("change_stream.after_snapshot_commit").await;
+    // The first run dies after writing its snapshot, before following the stream
+    // (the snapshot and the first stream read are committed together).
+    s.run_killed_at("change_stream.after_snapshot").await;
     s.coll.insert_one(user(6, "Kano")).await.unwrap();
     s.run_ok().await;
     s.assert_converged(6).await;
 
     let mut expected = 6;
+    // The table driver's crash points, the same for every capture mode.
     let faults = [
         "change_stream.batch",
-        "change_stream.before_commit",
+        "lake.before_commit",
         // The rows and the resume token that follows them are one manifest PUT:
         // this is right after both, before ClickHouse has them.
-        "change_stream.after_commit",
+        "lake.after_commit",
         "warehouse.after_stage_insert",
         "warehouse.after_replace",
-        "change_stream.before_load_commit",
+        "run.before_final_commit",
     ];
     for (i, fault) in faults.iter().enumerate() {
         let n = 10 + i as u8;
