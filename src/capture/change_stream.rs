@@ -47,7 +47,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, Date32Array, StringArray, UInt64Array, UInt8Array};
-use arrow::datatypes::{DataType, Field, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use futures::StreamExt;
 use mongodb::bson::raw::RawDocumentBuf;
 use mongodb::bson::{doc, Bson, Document};
@@ -55,15 +55,16 @@ use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToke
 use mongodb::options::FullDocumentType;
 use tracing::info;
 
+use super::changes::{
+    append_columns, change_schema, data_columns, CHANGE_DATE, CURRENT_SUFFIX, IS_DELETED, VERSION,
+};
+use super::resume::{reset_advice, stored_token, stream_error, token_json, token_time};
+use super::snapshot::document_schema;
 use super::{
     Apply, Capture, CaptureContext, CaptureCounts, CaptureOutcome, Committed, LakeTable, Position,
     SchemaUpdate, TableChange,
 };
 use crate::capture::position::{ClusterTime, StreamPosition};
-use crate::capture::snapshot::{
-    append_columns, data_columns, document_schema, with_columns, CHANGE_DATE, CURRENT_SUFFIX,
-    IS_DELETED, OP, VERSION,
-};
 use crate::config::TableConfig;
 use crate::error::{chain, Error, Result};
 use crate::fault;
@@ -81,88 +82,6 @@ const AWAIT: Duration = Duration::from_millis(500);
 /// How long empty batches that keep moving the resume token are read before a
 /// run stops following the stream (when the token's time cannot be read).
 const MAX_QUIET: Duration = Duration::from_secs(30);
-
-/// The stored resume token of `position`, as the driver takes it.
-fn stored_token(position: &StreamPosition, table: &str) -> Result<Option<ResumeToken>> {
-    let Some(json) = &position.resume_token else {
-        return Ok(None);
-    };
-    let bson = Bson::try_from(json.clone()).map_err(|e| {
-        Error::capture(
-            table,
-            format!("the stored resume token is not Extended JSON: {e}"),
-        )
-    })?;
-    mongodb::bson::from_bson(bson).map(Some).map_err(|e| {
-        Error::capture(
-            table,
-            format!("the stored resume token is not a resume token: {e}"),
-        )
-    })
-}
-
-/// The cluster time in a MongoDB resume token: its `_data` is a KeyString that
-/// starts with type byte 0x82 and the timestamp (seconds, then increment, both
-/// big-endian). `None` for tokens of another shape (SecantusDB's are hex BSON,
-/// whose time is minted when the token is, not the oplog position's).
-fn token_time(token: &ResumeToken) -> Option<ClusterTime> {
-    let bson = mongodb::bson::to_bson(token).ok()?;
-    let data = bson.as_document()?.get_str("_data").ok()?;
-    let hex = data.get(..18)?;
-    if !hex.is_ascii() || !hex[..2].eq_ignore_ascii_case("82") {
-        return None;
-    }
-    let t = u32::from_str_radix(&hex[2..10], 16).ok()?;
-    let i = u32::from_str_radix(&hex[10..18], 16).ok()?;
-    Some(ClusterTime { t, i })
-}
-
-fn token_json(token: &ResumeToken) -> Result<serde_json::Value> {
-    let bson = mongodb::bson::to_bson(token)
-        .map_err(|e| Error::lake(format!("encoding a resume token: {e}")))?;
-    Ok(bson.into_relaxed_extjson())
-}
-
-/// The advice given whenever the stored position cannot be used.
-fn reset_advice(table: &str) -> String {
-    format!(
-        "re-snapshot the collection with `sluice state reset --table {table}` then `sluice run`, or `sluice run --full-refresh --table {table}`"
-    )
-}
-
-/// A driver error, made actionable when it means the stored position is gone.
-fn stream_error(table: &str, position: &StreamPosition, e: mongodb::error::Error) -> Error {
-    if let mongodb::error::ErrorKind::Command(c) = e.kind.as_ref() {
-        // 286 ChangeStreamHistoryLost, 280 ChangeStreamFatalError (older servers),
-        // 260 InvalidResumeToken; 9 FailedToParse about the token.
-        let lost = matches!(c.code, 280 | 286 | 260)
-            || (c.code == 9 && c.message.to_lowercase().contains("resume token"));
-        if lost {
-            return Error::capture(
-                table,
-                format!(
-                    "the change stream cannot resume from the stored position ({}): {} (code {} {}). The oplog no longer holds the changes since then: its retention must be longer than the time between runs (and than a first snapshot). To start over, {}.",
-                    position.covered_until,
-                    c.message,
-                    c.code,
-                    c.code_name,
-                    reset_advice(table)
-                ),
-            );
-        }
-        // 40573: "The $changeStream stage is only supported on replica sets".
-        if c.code == 40573 {
-            return Error::source(
-                table,
-                format!(
-                    "change streams need a replica set or a sharded cluster (a single server can run as a one-member replica set): {}",
-                    c.message
-                ),
-            );
-        }
-    }
-    Error::source(table, chain(&e))
-}
 
 /// Change-stream capture of one MongoDB collection.
 pub struct ChangeStream<'a> {
@@ -298,16 +217,7 @@ impl StreamRun<'_> {
         .await?;
         let source_schema = schema.arrow_schema();
         let data = data_columns(&source_schema);
-        let change_schema = with_columns(
-            &source_schema,
-            &data,
-            &[
-                Field::new(OP, DataType::Utf8, false),
-                Field::new(CHANGE_DATE, DataType::Date32, false),
-                Field::new(VERSION, DataType::UInt64, false),
-                Field::new(IS_DELETED, DataType::UInt8, false),
-            ],
-        );
+        let change_schema = change_schema(&source_schema, &data);
         let columns = ChangeColumns {
             schema: Arc::clone(&change_schema),
             data,
@@ -675,79 +585,5 @@ impl ChangeColumns {
                 ops.iter().map(|op| u8::from(*op == DELETE)),
             )),
         ]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn resume_token(data: &str) -> ResumeToken {
-        mongodb::bson::from_bson(Bson::Document(doc! { "_data": data })).unwrap()
-    }
-
-    #[test]
-    fn token_time_reads_mongodb_keystrings_only() {
-        // MongoDB's shape: 0x82, Timestamp(0x6B1E6C10, 2), then the rest of the key.
-        let mongo = resume_token("826B1E6C10000000022B042C0100296E5A1004");
-        assert_eq!(
-            token_time(&mongo),
-            Some(ClusterTime {
-                t: 0x6B1E6C10,
-                i: 2
-            })
-        );
-        // SecantusDB's hex BSON (starts with the document length), too short,
-        // not hex, not ASCII: no time, so the caller goes by token changes.
-        for data in [
-            "3d000000127300",
-            "82",
-            "82ZZZZZZZZ00000002",
-            "82é000000000000000000",
-        ] {
-            assert_eq!(token_time(&resume_token(data)), None, "{data}");
-        }
-    }
-
-    #[test]
-    fn versions_grow_with_cluster_time() {
-        let a = ClusterTime {
-            t: 1_795_618_452,
-            i: 9,
-        };
-        let b = ClusterTime {
-            t: 1_795_618_452,
-            i: 10,
-        };
-        let c = ClusterTime {
-            t: 1_795_618_453,
-            i: 1,
-        };
-        assert!(a.version(0) < a.version(1) && a.version(255) < b.version(0));
-        assert!(b.version(0) < c.version(0));
-        assert_eq!(a.version(300), a.version(255), "the ordinal saturates");
-        assert_eq!(day_string(a.day()), "2026-11-25");
-        assert_eq!(
-            a.to_string(),
-            "Timestamp(1795618452, 9) = 2026-11-25T14:54:12Z"
-        );
-    }
-
-    #[test]
-    fn positions_round_trip_through_json() {
-        let p = StreamPosition {
-            resume_token: Some(serde_json::json!({ "_data": "826500" })),
-            snapshot_time: ClusterTime { t: 5, i: 1 },
-            covered_until: ClusterTime { t: 6, i: 2 },
-            events: 3,
-        };
-        let text = serde_json::to_string(&p).unwrap();
-        let back: StreamPosition = serde_json::from_str(&text).unwrap();
-        assert_eq!(back, p);
-        let token = stored_token(&back, "t").unwrap().unwrap();
-        assert_eq!(
-            token_json(&token).unwrap(),
-            serde_json::json!({ "_data": "826500" })
-        );
     }
 }

@@ -13,9 +13,12 @@
 
 pub mod backfill;
 pub mod change_stream;
+pub mod changes;
 pub mod cursor;
 pub mod merge;
+pub mod merge_join;
 pub mod position;
+mod resume;
 pub mod snapshot;
 pub mod watermark;
 

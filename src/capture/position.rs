@@ -101,3 +101,33 @@ impl StreamPosition {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lake::writer::day_string;
+
+    #[test]
+    fn versions_grow_with_cluster_time() {
+        let a = ClusterTime {
+            t: 1_795_618_452,
+            i: 9,
+        };
+        let b = ClusterTime {
+            t: 1_795_618_452,
+            i: 10,
+        };
+        let c = ClusterTime {
+            t: 1_795_618_453,
+            i: 1,
+        };
+        assert!(a.version(0) < a.version(1) && a.version(255) < b.version(0));
+        assert!(b.version(0) < c.version(0));
+        assert_eq!(a.version(300), a.version(255), "the ordinal saturates");
+        assert_eq!(day_string(a.day()), "2026-11-25");
+        assert_eq!(
+            a.to_string(),
+            "Timestamp(1795618452, 9) = 2026-11-25T14:54:12Z"
+        );
+    }
+}

@@ -26,19 +26,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Date32Array, StringArray, UInt64Array,
-    UInt8Array,
-};
-use arrow::compute::filter_record_batch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use arrow::array::{ArrayRef, Date32Array};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, PutPayload};
 use tracing::info;
 
-use super::merge::conform;
+use super::changes::{append_columns, change_schema, data_columns, with_columns};
+use super::merge_join::{Counts, MergeJoin, Side};
 use super::{
     Apply, Capture, CaptureContext, CaptureCounts, CaptureOutcome, Committed, LakeTable, Position,
     SchemaUpdate, TableChange,
@@ -50,23 +47,12 @@ use crate::lake::writer::{day_string, parse_day, FileRoller};
 use crate::lake::Lake;
 use crate::pipeline::table::WarehouseTables;
 use crate::progress::Stage;
-use crate::source::mongo::{CollectionSource, ColumnType, DocumentSchema, HASH_COLUMN, KEY_COLUMN};
+use crate::source::mongo::{CollectionSource, ColumnType, DocumentSchema};
 use crate::warehouse::LoadTarget;
 
 /// Environment variable that sets the snapshot day instead of today (UTC).
 pub const SNAPSHOT_DATE_ENV: &str = "SLUICE_SNAPSHOT_DATE";
-/// Partition column of snapshots.
-pub const SNAPSHOT_DATE: &str = "snapshot_date";
-/// Partition column of the change table.
-pub const CHANGE_DATE: &str = "_change_date";
-/// Change kind: `insert`, `update` or `delete`.
-pub const OP: &str = "_op";
-/// The change day as `YYYYMMDD`: ReplacingMergeTree keeps the highest.
-pub const VERSION: &str = "_version";
-/// 1 for a delete: `FINAL` hides the key.
-pub const IS_DELETED: &str = "_is_deleted";
-/// Suffix of the state table (lake) and the current-state table (ClickHouse).
-pub const CURRENT_SUFFIX: &str = "_current";
+pub use super::changes::{CHANGE_DATE, CURRENT_SUFFIX, IS_DELETED, OP, SNAPSHOT_DATE, VERSION};
 
 /// Snapshot or snapshot-diff capture of one MongoDB collection (by the table's
 /// `mode`).
@@ -427,16 +413,7 @@ impl SnapshotRun<'_> {
             &(0..stream.schema.fields().len()).collect::<Vec<_>>(),
             &[Field::new(SNAPSHOT_DATE, DataType::Date32, false)],
         );
-        let change_schema = with_columns(
-            &stream.schema,
-            &data,
-            &[
-                Field::new(OP, DataType::Utf8, false),
-                Field::new(CHANGE_DATE, DataType::Date32, false),
-                Field::new(VERSION, DataType::UInt64, false),
-                Field::new(IS_DELETED, DataType::UInt8, false),
-            ],
-        );
+        let change_schema = change_schema(&stream.schema, &data);
         let version: u64 = day_name.replace('-', "").parse().unwrap_or(0);
 
         let old: BoxStream<'static, Result<RecordBatch>> = match &base {
@@ -528,251 +505,6 @@ impl SnapshotRun<'_> {
             warnings: Vec::new(),
         })
     }
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Counts {
-    read: u64,
-    inserts: u64,
-    updates: u64,
-    deletes: u64,
-}
-
-/// One input of the merge join: a stream of batches sorted by `_key`.
-struct Side {
-    stream: BoxStream<'static, Result<RecordBatch>>,
-    batch: Option<RecordBatch>,
-    keys: Option<BinaryArray>,
-    hashes: Option<UInt64Array>,
-    pos: usize,
-    /// Per row of `batch`: the change to emit (0 none, 1 insert, 2 update, 3 delete).
-    ops: Vec<u8>,
-    last_key: Option<Vec<u8>>,
-    done: bool,
-}
-
-impl Side {
-    fn new(stream: BoxStream<'static, Result<RecordBatch>>) -> Self {
-        Self {
-            stream,
-            batch: None,
-            keys: None,
-            hashes: None,
-            pos: 0,
-            ops: Vec::new(),
-            last_key: None,
-            done: false,
-        }
-    }
-
-    /// The key of the current row.
-    fn key(&self) -> Option<&[u8]> {
-        self.keys.as_ref().map(|k| k.value(self.pos))
-    }
-
-    fn hash(&self) -> u64 {
-        self.hashes.as_ref().expect("a current row").value(self.pos)
-    }
-}
-
-struct MergeJoin<'a> {
-    name: &'a str,
-    new: Side,
-    old: Side,
-    state_roller: FileRoller,
-    change_roller: FileRoller,
-    state_schema: SchemaRef,
-    change_schema: SchemaRef,
-    /// The source's schema (MongoDB batches and, re-read, the state's files).
-    source_schema: SchemaRef,
-    /// Indices of the document columns (without `_key`, `_hash`).
-    data: Vec<usize>,
-    day: i32,
-    version: u64,
-    counts: Counts,
-}
-
-impl MergeJoin<'_> {
-    async fn run(&mut self) -> Result<()> {
-        loop {
-            self.fill(true).await?;
-            self.fill(false).await?;
-            let op = match (self.new.key(), self.old.key()) {
-                (None, None) => return Ok(()),
-                (Some(_), None) => Step::Insert,
-                (None, Some(_)) => Step::Delete,
-                (Some(n), Some(o)) => match n.cmp(o) {
-                    std::cmp::Ordering::Less => Step::Insert,
-                    std::cmp::Ordering::Greater => Step::Delete,
-                    std::cmp::Ordering::Equal => Step::Same,
-                },
-            };
-            match op {
-                Step::Insert => {
-                    self.new.ops[self.new.pos] = 1;
-                    self.counts.inserts += 1;
-                    self.new.pos += 1;
-                }
-                Step::Delete => {
-                    self.old.ops[self.old.pos] = 3;
-                    self.counts.deletes += 1;
-                    self.old.pos += 1;
-                }
-                Step::Same => {
-                    if self.new.hash() != self.old.hash() {
-                        self.new.ops[self.new.pos] = 2;
-                        self.counts.updates += 1;
-                    }
-                    self.new.pos += 1;
-                    self.old.pos += 1;
-                }
-            }
-        }
-    }
-
-    /// Makes sure the side has a current row (or is done), emitting the changes
-    /// of a finished batch.
-    async fn fill(&mut self, new: bool) -> Result<()> {
-        loop {
-            let side = if new { &self.new } else { &self.old };
-            if side.done || side.batch.as_ref().is_some_and(|b| side.pos < b.num_rows()) {
-                return Ok(());
-            }
-            if side.batch.is_some() {
-                self.emit(new).await?;
-            }
-            let side = if new { &mut self.new } else { &mut self.old };
-            match side.stream.next().await {
-                None => {
-                    side.done = true;
-                    side.batch = None;
-                    side.keys = None;
-                    side.hashes = None;
-                    return Ok(());
-                }
-                Some(batch) => {
-                    let batch = batch?;
-                    let batch = if new {
-                        batch
-                    } else {
-                        // The state's files have the source's columns, then snapshot_date.
-                        let columns: Vec<usize> = (0..self.source_schema.fields().len()).collect();
-                        let projected = batch
-                            .project(&columns)
-                            .map_err(|e| Error::capture(self.name, e))?;
-                        conform(self.name, &self.source_schema, projected)?
-                    };
-                    let keys = batch
-                        .column_by_name(KEY_COLUMN)
-                        .expect("batches carry _key")
-                        .as_binary::<i32>()
-                        .clone();
-                    let hashes = batch
-                        .column_by_name(HASH_COLUMN)
-                        .expect("batches carry _hash")
-                        .as_primitive::<UInt64Type>()
-                        .clone();
-                    // Both sides must be sorted by key with unique keys for the join.
-                    for i in 0..keys.len() {
-                        let k = keys.value(i);
-                        if let Some(prev) = &side.last_key {
-                            if prev.as_slice() >= k {
-                                return Err(Error::capture(
-                                    self.name,
-                                    format!("the {} snapshot is not sorted by key at row {i}; delete the table's {CURRENT_SUFFIX} folder to rebuild it", if new { "new" } else { "last" }),
-                                ));
-                            }
-                        }
-                        side.last_key = Some(k.to_vec());
-                    }
-                    side.ops = vec![0; batch.num_rows()];
-                    side.pos = 0;
-                    side.keys = Some(keys);
-                    side.hashes = Some(hashes);
-                    side.batch = Some(batch);
-                }
-            }
-        }
-    }
-
-    /// Writes a finished batch: the new side to the state and its inserts and
-    /// updates to the changes; the old side's deletes to the changes.
-    async fn emit(&mut self, new: bool) -> Result<()> {
-        let side = if new { &mut self.new } else { &mut self.old };
-        let Some(batch) = side.batch.take() else {
-            return Ok(());
-        };
-        let ops = std::mem::take(&mut side.ops);
-        if new {
-            self.counts.read += batch.num_rows() as u64;
-            let day = Arc::new(Date32Array::from(vec![self.day; batch.num_rows()])) as ArrayRef;
-            let all: Vec<usize> = (0..batch.num_columns()).collect();
-            let state = append_columns(&self.state_schema, &batch, &all, vec![day])?;
-            self.state_roller.write(&state).await?;
-        }
-        let mask = BooleanArray::from(ops.iter().map(|op| *op != 0).collect::<Vec<_>>());
-        if mask.true_count() == 0 {
-            return Ok(());
-        }
-        let changed =
-            filter_record_batch(&batch, &mask).map_err(|e| Error::capture(self.name, e))?;
-        let ops: Vec<u8> = ops.into_iter().filter(|op| *op != 0).collect();
-        let n = ops.len();
-        let extra: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(ops.iter().map(
-                |op| match op {
-                    1 => "insert",
-                    2 => "update",
-                    _ => "delete",
-                },
-            ))),
-            Arc::new(Date32Array::from(vec![self.day; n])),
-            Arc::new(UInt64Array::from(vec![self.version; n])),
-            Arc::new(UInt8Array::from_iter_values(
-                ops.iter().map(|op| u8::from(*op == 3)),
-            )),
-        ];
-        let out = append_columns(&self.change_schema, &changed, &self.data, extra)?;
-        self.change_roller.write(&out).await
-    }
-}
-
-enum Step {
-    Insert,
-    Delete,
-    Same,
-}
-
-/// Indices of the document columns of a source schema (all but `_key`, `_hash`).
-pub(crate) fn data_columns(schema: &Schema) -> Vec<usize> {
-    schema
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.name() != KEY_COLUMN && f.name() != HASH_COLUMN)
-        .map(|(i, _)| i)
-        .collect()
-}
-
-/// The schema of `columns` of `schema` followed by `extra`.
-pub(crate) fn with_columns(schema: &Schema, columns: &[usize], extra: &[Field]) -> SchemaRef {
-    let mut fields: Vec<Field> = columns.iter().map(|i| schema.field(*i).clone()).collect();
-    fields.extend(extra.iter().cloned());
-    Arc::new(Schema::new(fields))
-}
-
-pub(crate) fn append_columns(
-    schema: &SchemaRef,
-    batch: &RecordBatch,
-    columns: &[usize],
-    extra: Vec<ArrayRef>,
-) -> Result<RecordBatch> {
-    let mut arrays: Vec<ArrayRef> = columns
-        .iter()
-        .map(|i| Arc::clone(batch.column(*i)))
-        .collect();
-    arrays.extend(extra);
-    RecordBatch::try_new(Arc::clone(schema), arrays).map_err(|e| Error::lake(e.to_string()))
 }
 
 fn join(base: &object_store::path::Path, relative: &str) -> object_store::path::Path {

@@ -19,9 +19,12 @@
 
 pub mod checks;
 pub mod config;
+mod diagnostics;
 pub mod keys;
+mod materialize;
 pub mod models;
 pub mod project;
+mod runner;
 
 use std::path::{Path, PathBuf};
 
@@ -29,7 +32,8 @@ use crate::config::Config;
 use crate::error::Result;
 
 pub use checks::CheckOutcome;
-pub use models::{run_models, write_table, ModelReport, ModelStatus, ModelsOptions};
+pub use materialize::write_table;
+pub use models::{run_models, ModelReport, ModelStatus, ModelsOptions};
 pub use project::{Model, Project};
 
 /// Errors of the SQL models. Each names the model's file, and the line when the
