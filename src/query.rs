@@ -185,7 +185,7 @@ impl LakeSession {
         let mut uncommitted = BTreeSet::new();
         // The tables, then the SQL models materialised in the lake.
         let mut names: Vec<String> = config.tables.iter().map(|t| t.name.clone()).collect();
-        names.extend(crate::transform::model_names(config, base)?);
+        names.extend(crate::config::models::model_names(config, base)?);
         for name in &names {
             match lake.read_manifest(name).await? {
                 None => {

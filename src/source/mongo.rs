@@ -21,7 +21,7 @@ use arrow::array::{
     UInt64Builder,
 };
 use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use futures::TryStreamExt;
 use mongodb::bson::oid::ObjectId;
@@ -32,6 +32,8 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use super::BatchStream;
+use crate::config::mongo_types::fields_of;
+pub use crate::config::mongo_types::{Column, ColumnType};
 use crate::config::{MismatchPolicy, NestedMode};
 use crate::error::{Error, Result};
 use scan::{kind, Element, Elements};
@@ -54,96 +56,8 @@ pub const BATCH_BYTES: usize = 32 * 1024 * 1024;
 /// Batches in flight between the reader task and the pipeline.
 const CHANNEL_BATCHES: usize = 2;
 
-/// The type of one column, as BSON values map to Arrow.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ColumnType {
-    /// Utf8.
-    String,
-    /// Utf8, 24 hex digits.
-    ObjectId,
-    Int32,
-    Int64,
-    /// Float64.
-    Double,
-    Bool,
-    /// Timestamp(ms, "UTC").
-    Timestamp,
-    /// Decimal128(precision, scale).
-    Decimal {
-        precision: u8,
-        scale: i8,
-    },
-    /// Decimal128 values too wide for Decimal128(38, s), as decimal text.
-    DecimalText,
-    Binary,
-    /// Any value, as relaxed Extended JSON text.
-    Json,
-    /// A nested document.
-    Struct(Vec<Column>),
-    /// An array.
-    List(Box<ColumnType>),
-    /// Only nulls (or empty arrays) seen so far; becomes `Json`. Inference only.
-    Unknown,
-}
-
-/// A named column.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Column {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub ty: ColumnType,
-}
-
+/// Schema inference: the type of sampled values, merged across documents.
 impl ColumnType {
-    /// A type as written in the config (`int64`, `decimal(38,2)`, `json`, …).
-    pub fn parse(text: &str) -> Option<ColumnType> {
-        let t = text.trim().to_ascii_lowercase();
-        Some(match t.as_str() {
-            "string" => ColumnType::String,
-            "objectid" => ColumnType::ObjectId,
-            "int32" => ColumnType::Int32,
-            "int64" => ColumnType::Int64,
-            "double" => ColumnType::Double,
-            "bool" => ColumnType::Bool,
-            "timestamp" | "date" => ColumnType::Timestamp,
-            "binary" => ColumnType::Binary,
-            "json" => ColumnType::Json,
-            _ => {
-                let inner = t.strip_prefix("decimal(")?.strip_suffix(')')?;
-                let (p, s) = inner.split_once(',')?;
-                let precision: u8 = p.trim().parse().ok()?;
-                let scale: i8 = s.trim().parse().ok()?;
-                if !(1..=38).contains(&precision) || scale < 0 || scale as u8 > precision {
-                    return None;
-                }
-                ColumnType::Decimal { precision, scale }
-            }
-        })
-    }
-
-    /// The Arrow type of the column.
-    pub fn arrow(&self) -> DataType {
-        match self {
-            ColumnType::String
-            | ColumnType::ObjectId
-            | ColumnType::DecimalText
-            | ColumnType::Json
-            | ColumnType::Unknown => DataType::Utf8,
-            ColumnType::Int32 => DataType::Int32,
-            ColumnType::Int64 => DataType::Int64,
-            ColumnType::Double => DataType::Float64,
-            ColumnType::Bool => DataType::Boolean,
-            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            ColumnType::Decimal { precision, scale } => DataType::Decimal128(*precision, *scale),
-            ColumnType::Binary => DataType::Binary,
-            ColumnType::Struct(columns) => DataType::Struct(fields_of(columns)),
-            ColumnType::List(item) => {
-                DataType::List(Arc::new(Field::new("item", item.arrow(), true)))
-            }
-        }
-    }
-
     /// The type of one value, for inference.
     fn of_value(value: RawBsonRef<'_>, nested: NestedMode, depth: usize) -> ColumnType {
         match value {
@@ -267,13 +181,6 @@ fn merge_field(columns: &mut Vec<Column>, name: &str, ty: ColumnType) {
             ty,
         }),
     }
-}
-
-fn fields_of(columns: &[Column]) -> Fields {
-    columns
-        .iter()
-        .map(|c| Field::new(&c.name, c.ty.arrow(), true))
-        .collect()
 }
 
 /// The schema of a collection's documents, and how they are decoded.
