@@ -29,7 +29,16 @@ use std::path::{Path, PathBuf};
 /// Each one starts in a file that refactor owns (`run.rs`, `capture/`, `lake/`,
 /// `warehouse/`, `transform/models.rs`, `state.rs`).
 /// To be removed by the pipeline refactor.
-const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[];
+const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[
+    // `TableReport` comes from the orchestration the capture modes are run by.
+    ("capture::change_stream", "run"),
+    ("capture::snapshot", "run"),
+    // The manifest stores capture checkpoints typed by the capture modes.
+    ("lake::manifest", "capture::change_stream"),
+    ("lake::manifest", "capture::watermark"),
+    // `LakeCommits` lives in the orchestration that runs the models.
+    ("transform::models", "run"),
+];
 
 /// Files longer than this should be one cohesive thing and say so.
 const LONG_FILE_LINES: usize = 600;
@@ -552,4 +561,35 @@ fn canonical(cycle: &[String]) -> Vec<String> {
         .chain(&body[..start])
         .cloned()
         .collect()
+}
+
+#[test]
+fn references_cover_groups_inline_paths_and_super() {
+    let file = SourceFile {
+        path: PathBuf::from("src/a/b.rs"),
+        module: "a::b".to_string(),
+        text: r#"
+            //! See [`crate::doc::Link`].
+            use crate::{c::D, e::{f::G, H as I}, j};
+            pub(crate) fn k() -> String {
+                let s = "crate::in_string::X";
+                crate::m::n(super::o::P, 'x', '\'');
+                s.into()
+            }
+            #[cfg(test)]
+            mod tests {
+                use super::*;
+                use super::super::q::R;
+            }
+        "#
+        .to_string(),
+    };
+    let found: Vec<String> = references(&file)
+        .into_iter()
+        .map(|(segs, _)| segs.join("::"))
+        .collect();
+    assert_eq!(
+        found,
+        ["c::D", "e::f::G", "e::H", "j", "m::n", "a::o::P", "a::b", "a::q::R"]
+    );
 }
