@@ -32,6 +32,71 @@ pub enum ConfigError {
     Argument(String),
 }
 
+/// Errors of the SQL models. Each names the model's file, and the line when the
+/// problem has one.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    #[error("models folder {}: {message}", path.display())]
+    Folder { path: PathBuf, message: String },
+    #[error("{}{}: model {model}: {message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Sql {
+        model: String,
+        file: PathBuf,
+        line: Option<u64>,
+        message: String,
+    },
+    #[error("{}{}: model {model} reads {name}, which is neither a lake table nor a model", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    UnknownName {
+        model: String,
+        file: PathBuf,
+        line: Option<u64>,
+        name: String,
+    },
+    #[error("models depend on each other in a cycle: {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(" → "))]
+    Cycle { files: Vec<PathBuf> },
+    #[error("{}: model {model}: {} check(s) failed, nothing published: {}", file.display(), failures.len(), failures.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("; "))]
+    CheckFailed {
+        model: String,
+        file: PathBuf,
+        failures: Vec<CheckOutcome>,
+    },
+    #[error("{} model(s) failed ({}), {} skipped downstream ({}):\n{}", failed.len(), failed.join(", "), skipped.len(), skipped.join(", "), messages.join("\n"))]
+    Run {
+        failed: Vec<String>,
+        skipped: Vec<String>,
+        messages: Vec<String>,
+    },
+}
+
+/// The outcome of one model check (`transform::checks`); failed ones are carried
+/// by [`ModelError::CheckFailed`].
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct CheckOutcome {
+    /// What was checked, e.g. `not_null(user_key)`.
+    pub check: String,
+    /// Rows breaking the check (0: it passed).
+    pub failing_rows: u64,
+    /// A few of those rows, as a pretty-printed table.
+    pub sample: String,
+}
+
+impl CheckOutcome {
+    pub fn passed(&self) -> bool {
+        self.failing_rows == 0
+    }
+}
+
+impl std::fmt::Display for CheckOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed on {} row(s)", self.check, self.failing_rows)?;
+        if !self.sample.is_empty() {
+            write!(f, ", e.g.\n{}", self.sample)?;
+        }
+        Ok(())
+    }
+}
+
 /// Errors of the whole pipeline.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -63,7 +128,7 @@ pub enum Error {
         store: object_store::Error,
     },
     #[error(transparent)]
-    Model(#[from] crate::transform::ModelError),
+    Model(#[from] ModelError),
 }
 
 impl Error {

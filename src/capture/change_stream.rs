@@ -71,10 +71,10 @@ use crate::fault;
 use crate::lake::manifest::{FileEntry, Manifest};
 use crate::lake::writer::{day_string, FileRoller};
 use crate::lake::Lake;
-use crate::pipeline::table::WarehouseTables;
 use crate::progress::Stage;
 use crate::source::mongo::{sort_key, CollectionSource, Decoder, DocumentSchema, BATCH_BYTES};
 use crate::warehouse::LoadTarget;
+use crate::warehouse::WarehouseTables;
 
 /// How long one getMore waits for new events before answering with an empty
 /// batch, which ends the run ("caught up").

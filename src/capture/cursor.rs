@@ -14,82 +14,13 @@ use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Date32Type, Int64Type, TimeUnit, TimestampMicrosecondType};
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use chrono::{DateTime, NaiveDate};
-use serde::{Deserialize, Serialize};
 
+pub use super::position::CursorValue;
 use crate::source::sql::Dialect;
 
 /// Boundary keys kept at most; beyond this many rows sharing the last cursor value
 /// they are re-read and re-merged next run (still correct, just not a no-op).
 pub const MAX_BOUNDARY_KEYS: usize = 100_000;
-
-/// A position of the cursor column, stored in the table's manifest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum CursorValue {
-    /// A timestamp in microseconds since the epoch; `utc` when the column has a
-    /// time zone (`timestamptz`), otherwise a naive timestamp.
-    Timestamp { micros: i64, utc: bool },
-    /// A date, in days since the epoch.
-    Date { days: i32 },
-    /// An integer (a sequence or version number).
-    Integer { value: i64 },
-}
-
-impl CursorValue {
-    /// The value as a SQL literal for `dialect`.
-    pub fn sql_literal(&self, dialect: Dialect) -> String {
-        match *self {
-            CursorValue::Integer { value } => value.to_string(),
-            CursorValue::Date { days } => {
-                let date = NaiveDate::from_num_days_from_ce_opt(days + 719_163)
-                    .map(|d| d.format("%Y-%m-%d").to_string())
-                    .unwrap_or_default();
-                match dialect {
-                    Dialect::Postgres => format!("DATE '{date}'"),
-                    Dialect::Mysql | Dialect::Sqlite => format!("'{date}'"),
-                }
-            }
-            CursorValue::Timestamp { micros, utc } => {
-                let text = format_micros(micros);
-                match (dialect, utc) {
-                    (Dialect::Postgres, true) => format!("TIMESTAMPTZ '{text}+00'"),
-                    (Dialect::Postgres, false) => format!("TIMESTAMP '{text}'"),
-                    (Dialect::Mysql, _) => format!("TIMESTAMP '{text}'"),
-                    (Dialect::Sqlite, _) => format!("'{text}'"),
-                }
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for CursorValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match *self {
-            CursorValue::Integer { value } => write!(f, "{value}"),
-            CursorValue::Date { .. } => {
-                let lit = self.sql_literal(Dialect::Sqlite);
-                f.write_str(lit.trim_matches('\''))
-            }
-            CursorValue::Timestamp { micros, utc } => {
-                write!(f, "{}{}", format_micros(micros), if utc { "Z" } else { "" })
-            }
-        }
-    }
-}
-
-/// `YYYY-MM-DD HH:MM:SS[.ffffff]`: the fraction only when it is not zero, so that
-/// text-typed timestamps (SQLite) compare equal to what was read.
-fn format_micros(micros: i64) -> String {
-    let Some(ts) = DateTime::from_timestamp_micros(micros) else {
-        return micros.to_string();
-    };
-    if micros.rem_euclid(1_000_000) == 0 {
-        ts.format("%Y-%m-%d %H:%M:%S").to_string()
-    } else {
-        ts.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
-    }
-}
 
 /// Reads cursor values out of the cursor column, whatever its Arrow type.
 #[derive(Debug, Clone)]

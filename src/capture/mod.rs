@@ -31,8 +31,8 @@ use crate::config::{Config, TableConfig};
 use crate::error::Result;
 use crate::lake::manifest::{FileEntry, Manifest};
 use crate::lake::Lake;
-use crate::pipeline::table::WarehouseTables;
 use crate::progress::TableProgress;
+use crate::warehouse::WarehouseTables;
 
 /// One lake table a capture mode writes: its name and how it is laid out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +124,7 @@ pub enum Position {
     /// once ClickHouse has the rows (or with the lake commit when there is no
     /// ClickHouse): a crash in between re-reads from the old watermark.
     Watermark {
-        watermark: Option<crate::capture::cursor::CursorValue>,
+        watermark: Option<crate::capture::position::CursorValue>,
         boundary_keys: Vec<Vec<String>>,
     },
     /// A change stream's resume position, committed with the rows it follows.

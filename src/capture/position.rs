@@ -1,8 +1,81 @@
-//! Where a change stream stands in its source, kept in the table's manifest: plain
-//! data that the lake stores and the change-stream capture reads.
+//! Where a capture stands in its source, kept in the table's manifest: a
+//! watermark ([`CursorValue`]) or a change stream's position
+//! ([`StreamPosition`]). Plain data that the lake stores and the capture modes
+//! read; it imports nothing of the lake.
 
+use chrono::{DateTime, NaiveDate};
 use mongodb::bson::Timestamp;
 use serde::{Deserialize, Serialize};
+
+use crate::source::sql::Dialect;
+
+/// A position of the cursor column, stored in the table's manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CursorValue {
+    /// A timestamp in microseconds since the epoch; `utc` when the column has a
+    /// time zone (`timestamptz`), otherwise a naive timestamp.
+    Timestamp { micros: i64, utc: bool },
+    /// A date, in days since the epoch.
+    Date { days: i32 },
+    /// An integer (a sequence or version number).
+    Integer { value: i64 },
+}
+
+impl CursorValue {
+    /// The value as a SQL literal for `dialect`.
+    pub fn sql_literal(&self, dialect: Dialect) -> String {
+        match *self {
+            CursorValue::Integer { value } => value.to_string(),
+            CursorValue::Date { days } => {
+                let date = NaiveDate::from_num_days_from_ce_opt(days + 719_163)
+                    .map(|d| d.format("%Y-%m-%d").to_string())
+                    .unwrap_or_default();
+                match dialect {
+                    Dialect::Postgres => format!("DATE '{date}'"),
+                    Dialect::Mysql | Dialect::Sqlite => format!("'{date}'"),
+                }
+            }
+            CursorValue::Timestamp { micros, utc } => {
+                let text = format_micros(micros);
+                match (dialect, utc) {
+                    (Dialect::Postgres, true) => format!("TIMESTAMPTZ '{text}+00'"),
+                    (Dialect::Postgres, false) => format!("TIMESTAMP '{text}'"),
+                    (Dialect::Mysql, _) => format!("TIMESTAMP '{text}'"),
+                    (Dialect::Sqlite, _) => format!("'{text}'"),
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for CursorValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            CursorValue::Integer { value } => write!(f, "{value}"),
+            CursorValue::Date { .. } => {
+                let lit = self.sql_literal(Dialect::Sqlite);
+                f.write_str(lit.trim_matches('\''))
+            }
+            CursorValue::Timestamp { micros, utc } => {
+                write!(f, "{}{}", format_micros(micros), if utc { "Z" } else { "" })
+            }
+        }
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.ffffff]`: the fraction only when it is not zero, so that
+/// text-typed timestamps (SQLite) compare equal to what was read.
+fn format_micros(micros: i64) -> String {
+    let Some(ts) = DateTime::from_timestamp_micros(micros) else {
+        return micros.to_string();
+    };
+    if micros.rem_euclid(1_000_000) == 0 {
+        ts.format("%Y-%m-%d %H:%M:%S").to_string()
+    } else {
+        ts.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+    }
+}
 
 /// A MongoDB cluster time (a BSON timestamp): seconds and an ordinal within the
 /// second.
@@ -105,7 +178,6 @@ impl StreamPosition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lake::writer::day_string;
 
     #[test]
     fn versions_grow_with_cluster_time() {
@@ -124,7 +196,8 @@ mod tests {
         assert!(a.version(0) < a.version(1) && a.version(255) < b.version(0));
         assert!(b.version(0) < c.version(0));
         assert_eq!(a.version(300), a.version(255), "the ordinal saturates");
-        assert_eq!(day_string(a.day()), "2026-11-25");
+        let day = NaiveDate::from_num_days_from_ce_opt(a.day() + 719_163).unwrap();
+        assert_eq!(day.to_string(), "2026-11-25");
         assert_eq!(
             a.to_string(),
             "Timestamp(1795618452, 9) = 2026-11-25T14:54:12Z"

@@ -45,10 +45,10 @@ use crate::error::{Error, Result};
 use crate::lake::manifest::Manifest;
 use crate::lake::writer::{day_string, parse_day, FileRoller};
 use crate::lake::Lake;
-use crate::pipeline::table::WarehouseTables;
 use crate::progress::Stage;
 use crate::source::mongo::{CollectionSource, ColumnType, DocumentSchema};
 use crate::warehouse::LoadTarget;
+use crate::warehouse::WarehouseTables;
 
 /// Environment variable that sets the snapshot day instead of today (UTC).
 pub const SNAPSHOT_DATE_ENV: &str = "SLUICE_SNAPSHOT_DATE";

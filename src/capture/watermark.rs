@@ -32,10 +32,10 @@ use crate::lake::manifest::{FileEntry, Manifest};
 use crate::lake::schema::{self, SchemaChange};
 use crate::lake::writer::{day_string, split_by_day, FileRoller};
 use crate::lake::Lake;
-use crate::pipeline::table::WarehouseTables;
 use crate::progress::{Stage, TableProgress};
 use crate::source::sql::Dialect;
 use crate::warehouse::LoadTarget;
+use crate::warehouse::WarehouseTables;
 
 /// Watermark capture (and its backfill) of one SQL table.
 pub struct Watermark<'a> {

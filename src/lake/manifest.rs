@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use arrow::datatypes::Schema;
 use serde::{Deserialize, Serialize};
 
-use crate::capture::cursor::CursorValue;
+use crate::capture::position::CursorValue;
 use crate::capture::position::StreamPosition;
 
 /// Version of this file's layout.

@@ -41,7 +41,7 @@ use crate::lake::manifest::{Manifest, PartitionEntry};
 use crate::lake::writer::parse_day;
 use crate::lake::Lake;
 use crate::progress::{Stage, TableProgress};
-use crate::warehouse::{LoadTarget, Warehouse};
+use crate::warehouse::{Warehouse, WarehouseTables};
 
 /// What the driver of one table's run needs.
 pub struct TableRun<'a> {
@@ -290,16 +290,6 @@ pub async fn commit_files(
         .await?;
     fault::point("lake.after_delete");
     Ok(())
-}
-
-/// The ClickHouse tables made from one lake table.
-#[derive(Debug, Clone)]
-pub struct WarehouseTables {
-    /// Loaded from the lake table's files.
-    pub target: LoadTarget,
-    /// The current-state twin of a change table, copied from `target` after
-    /// each of its partitions is loaded.
-    pub current: Option<LoadTarget>,
 }
 
 /// Step 2 and 3: loads the pending days of `next` into ClickHouse, then commits

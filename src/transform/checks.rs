@@ -18,10 +18,11 @@ use arrow::record_batch::RecordBatch;
 use datafusion::common::HashSet;
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
-use serde::Serialize;
 
-use super::config::ChecksConfig;
 use super::keys::{KeySet, KeyValues};
+pub use super::{literal, quote};
+use crate::config::models::ChecksConfig;
+pub use crate::error::CheckOutcome;
 
 /// Memory each `unique` check may hold in the writing pass (the keys seen, e.g.
 /// 36 MiB for 3M integer keys); beyond, it is counted by a query afterwards.
@@ -29,43 +30,6 @@ pub const UNIQUE_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 
 /// Rows shown in a failed check's sample.
 pub const SAMPLE_ROWS: usize = 5;
-
-/// The outcome of one check.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct CheckOutcome {
-    /// What was checked, e.g. `not_null(user_key)`.
-    pub check: String,
-    /// Rows breaking the check (0: it passed).
-    pub failing_rows: u64,
-    /// A few of those rows, as a pretty-printed table.
-    pub sample: String,
-}
-
-impl CheckOutcome {
-    pub fn passed(&self) -> bool {
-        self.failing_rows == 0
-    }
-}
-
-impl std::fmt::Display for CheckOutcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} failed on {} row(s)", self.check, self.failing_rows)?;
-        if !self.sample.is_empty() {
-            write!(f, ", e.g.\n{}", self.sample)?;
-        }
-        Ok(())
-    }
-}
-
-/// A SQL identifier, quoted so its case is kept.
-pub fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// A SQL string literal.
-pub fn literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
 
 /// The row-by-row checks of one model, counted on its rows as they are written
 /// ([`RowChecks::observe`]), then reported by [`run_checks`].

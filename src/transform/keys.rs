@@ -22,8 +22,8 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
-use super::checks::quote;
-use super::config::Relationship;
+use super::quote;
+use crate::config::models::Relationship;
 
 /// The distinct non-NULL values of `to.field` of one relationship, cast to the
 /// type of the model's column: a row matches when its value equals one of them.

@@ -19,11 +19,14 @@ use tokio::task::JoinSet;
 
 use super::checks::RowChecks;
 use super::keys::KeySet;
-use super::models::WHOLE_TABLE;
 use crate::error::{Error, Result};
 use crate::lake::manifest::{FileEntry, Manifest, PartitionEntry};
 use crate::lake::writer::{day_string, split_by_day, FileRoller};
 use crate::lake::Lake;
+
+/// The partition name of an unpartitioned model (its folder, and the ClickHouse
+/// partition ID of a table without `PARTITION BY`).
+pub const WHOLE_TABLE: &str = crate::warehouse::ddl::UNPARTITIONED;
 
 /// The driver's commit, by the run that `next` names.
 pub(super) async fn commit(lake: &Lake, next: &mut Manifest) -> Result<()> {

@@ -8,8 +8,9 @@ use datafusion::execution::SessionState;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 
-use super::config::{ModelConfig, ModelsConfig};
 use super::ModelError;
+pub use crate::config::models::model_files;
+use crate::config::models::{ModelConfig, ModelsConfig};
 use crate::config::PartitionGrain;
 
 /// One model: a `SELECT` in `<name>.sql`.
@@ -32,28 +33,6 @@ pub struct Model {
 pub struct Project {
     pub dir: PathBuf,
     pub models: Vec<Model>,
-}
-
-/// The `(name, path)` of each `*.sql` file directly in `dir`, sorted by name.
-pub fn model_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, ModelError> {
-    let folder_error = |message: String| ModelError::Folder {
-        path: dir.to_path_buf(),
-        message,
-    };
-    let entries = std::fs::read_dir(dir).map_err(|e| folder_error(e.to_string()))?;
-    let mut files = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(|e| folder_error(e.to_string()))?.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("sql") || !path.is_file() {
-            continue;
-        }
-        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
-            continue;
-        };
-        files.push((name.to_string(), path.clone()));
-    }
-    files.sort();
-    Ok(files)
 }
 
 impl Project {

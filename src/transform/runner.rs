@@ -22,9 +22,10 @@ use super::checks::{run_checks, CheckOutcome, RowChecks};
 use super::config::{ModelsConfig, Relationship};
 use super::diagnostics::{check_error, check_partition_column, sql_error};
 use super::keys::KeySet;
+use super::materialize::WHOLE_TABLE;
 use super::materialize::{commit, on_own_task, validate, write_files, WriteError};
-use super::models::{ModelReport, ModelStatus, CHECK_PARTITIONS, MODEL_MEMORY_BYTES, WHOLE_TABLE};
 use super::project::{line_of, Model, Project};
+use super::report::{ModelReport, ModelStatus};
 use super::ModelError;
 use crate::config::{Config, PartitionGrain};
 use crate::error::{Error, Result};
@@ -34,6 +35,13 @@ use crate::query::{lake_session, register_lake_store, LakeTable};
 use crate::warehouse::{LoadTarget, Warehouse};
 
 /// The session and settings shared by the models of one run.
+/// Memory DataFusion may use for buffering operators while running models; beyond
+/// it, sorts and aggregates spill to disk.
+const MODEL_MEMORY_BYTES: usize = 256 * 1024 * 1024;
+
+/// Partitions of the checks' queries (see [`Runner::checks_session`]).
+const CHECK_PARTITIONS: usize = 4;
+
 pub(super) struct Runner<'a> {
     pub(super) project: Project,
     pub(super) ctx: SessionContext,

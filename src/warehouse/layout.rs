@@ -114,3 +114,13 @@ impl LoadTarget {
             .map_or(PartitionGrain::Day, |(_, g)| *g)
     }
 }
+
+/// The ClickHouse tables made from one lake table.
+#[derive(Debug, Clone)]
+pub struct WarehouseTables {
+    /// Loaded from the lake table's files.
+    pub target: LoadTarget,
+    /// The current-state twin of a change table, copied from `target` after
+    /// each of its partitions is loaded.
+    pub current: Option<LoadTarget>,
+}

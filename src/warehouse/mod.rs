@@ -19,7 +19,7 @@ use crate::config::{ClickHouseConfig, PartitionGrain};
 use crate::error::{chain, redact, register_secret, Error, Result};
 use crate::lake::{Lake, LakeLocation};
 use ddl::{ident, string};
-pub use layout::{Engine, LoadTarget};
+pub use layout::{Engine, LoadTarget, WarehouseTables};
 
 /// A connection to the warehouse and what it needs to read the lake.
 pub struct Warehouse {

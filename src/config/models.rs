@@ -17,11 +17,12 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::PartitionGrain;
-use crate::error::ConfigError;
+use crate::config::{Config, PartitionGrain};
+use crate::error::{ConfigError, ModelError};
 
 /// Where the models are and how to publish them.
 #[derive(Debug, Clone, Deserialize)]
@@ -177,5 +178,39 @@ impl ModelsConfig {
             .and_then(|m| m.clickhouse)
             .or(self.clickhouse)
             .unwrap_or(has_clickhouse)
+    }
+}
+
+/// The `(name, path)` of each `*.sql` file directly in `dir`, sorted by name.
+pub fn model_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, ModelError> {
+    let folder_error = |message: String| ModelError::Folder {
+        path: dir.to_path_buf(),
+        message,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| folder_error(e.to_string()))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| folder_error(e.to_string()))?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("sql") || !path.is_file() {
+            continue;
+        }
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        files.push((name.to_string(), path.clone()));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Names of the models of `config` (the `.sql` files of `[models] path`), for
+/// registering them in `sluice query`. None without a `[models]` section.
+pub fn model_names(config: &Config, base: &Path) -> crate::error::Result<Vec<String>> {
+    match &config.models {
+        None => Ok(Vec::new()),
+        Some(models) => Ok(model_files(&base.join(&models.path))?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()),
     }
 }

@@ -3,6 +3,13 @@
 //! Loading is three steps, each with its own errors: parse the TOML, replace `${VAR}`
 //! in every string value from the environment, then [`Config::validate`] the result
 //! before any I/O happens.
+//!
+//! Long, but one cohesive thing: the structs of the pipeline file and the
+//! validation that checks them together (the `[models]` section is in
+//! [`models`], the Mongo column types in [`mongo_types`]).
+
+pub mod models;
+pub mod mongo_types;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,9 +33,9 @@ pub struct Config {
     /// The tables to move, in the order they run.
     #[serde(default, rename = "table")]
     pub tables: Vec<TableConfig>,
-    /// SQL models run over the lake after the tables (see `src/transform/`).
+    /// SQL models run over the lake after the tables (see [`models`] and `src/transform/`).
     #[serde(default)]
-    pub models: Option<crate::transform::config::ModelsConfig>,
+    pub models: Option<models::ModelsConfig>,
 }
 
 /// The lake: a local folder or an S3 bucket with an optional prefix.
@@ -477,7 +484,7 @@ fn validate_snapshot_table(t: &TableConfig, mongo: bool) -> Result<(), ConfigErr
         return Err(invalid("batch_rows", "must be > 0"));
     }
     for (column, ty) in &t.columns {
-        if crate::source::mongo::ColumnType::parse(ty).is_none() {
+        if mongo_types::ColumnType::parse(ty).is_none() {
             return Err(invalid(
                 &format!("columns.{column}"),
                 &format!("has unknown type {ty:?} (string, objectid, int32, int64, double, bool, timestamp, decimal(P,S), binary, json)"),
