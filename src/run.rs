@@ -35,7 +35,7 @@ use crate::capture::backfill::{Backfill, BackfillRange};
 use crate::capture::change_stream::ChangeStream;
 use crate::capture::snapshot::Snapshot;
 use crate::capture::watermark::Watermark;
-use crate::config::{CaptureMode, Config};
+use crate::config::{CaptureConfig, Config};
 use crate::error::{register_url_secret, Error, Result};
 use crate::lake::Lake;
 use crate::pipeline::table::{drive, TableRun};
@@ -273,18 +273,19 @@ async fn run_table(
         on_committed: &on_committed,
     };
     let outcome = async {
-        match table.mode {
-            CaptureMode::Watermark => {
+        match &table.capture {
+            CaptureConfig::Watermark(settings) => {
                 let capture = Watermark {
                     table,
+                    settings,
                     allow_schema_change: options.allow_schema_change,
                     backfill: options.backfill.as_ref(),
                 };
                 drive(&run, &capture).await
             }
-            CaptureMode::ChangeStream => drive(&run, &ChangeStream { table }).await,
-            CaptureMode::Snapshot | CaptureMode::SnapshotDiff => {
-                drive(&run, &Snapshot { table }).await
+            CaptureConfig::ChangeStream(mongo) => drive(&run, &ChangeStream { table, mongo }).await,
+            CaptureConfig::Snapshot(mongo) | CaptureConfig::SnapshotDiff(mongo) => {
+                drive(&run, &Snapshot { table, mongo }).await
             }
         }
     }

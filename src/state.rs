@@ -12,7 +12,7 @@ use object_store::ObjectStoreExt;
 use crate::capture::backfill::{backfill_query, check_tables, Backfill};
 use crate::capture::cursor::extract_query;
 use crate::capture::snapshot::{CURRENT_SUFFIX, SNAPSHOT_DATE_ENV};
-use crate::config::{CaptureMode, Config, TableConfig};
+use crate::config::{CaptureConfig, CaptureMode, Config, TableConfig};
 use crate::error::{register_url_secret, Error, Result};
 use crate::lake::lock::{TableLock, LOCK_FILE};
 use crate::lake::manifest::Manifest;
@@ -24,18 +24,18 @@ use crate::source::sql::Dialect;
 /// its `<table>_current` state table.
 pub fn lake_tables(table: &TableConfig) -> Vec<String> {
     let mut names = vec![table.name.clone()];
-    if table.mode == CaptureMode::SnapshotDiff {
+    if table.mode() == CaptureMode::SnapshotDiff {
         names.push(format!("{}{CURRENT_SUFFIX}", table.name));
     }
     names
 }
 
 fn mode_text(table: &TableConfig) -> String {
-    match table.mode {
-        CaptureMode::Watermark => format!("watermark on {}", table.cursor),
-        CaptureMode::Snapshot => "snapshot".into(),
-        CaptureMode::SnapshotDiff => "snapshot_diff".into(),
-        CaptureMode::ChangeStream => "change_stream".into(),
+    match &table.capture {
+        CaptureConfig::Watermark(w) => format!("watermark on {}", w.cursor),
+        CaptureConfig::Snapshot(_) => "snapshot".into(),
+        CaptureConfig::SnapshotDiff(_) => "snapshot_diff".into(),
+        CaptureConfig::ChangeStream(_) => "change_stream".into(),
     }
 }
 
@@ -236,9 +236,9 @@ async fn reset_locked(config: &Config, lake: &Lake, t: &TableConfig) -> Result<R
     let plan = reset_plan(config, lake, &t.name).await?;
     for name in lake_tables(t) {
         let old = lake.read_manifest(&name).await?;
-        match (t.mode, old) {
-            (CaptureMode::Watermark, Some(old)) => {
-                let mut fresh = Manifest::new(&name, &t.partition_by, &t.key);
+        match (&t.capture, old) {
+            (CaptureConfig::Watermark(w), Some(old)) => {
+                let mut fresh = Manifest::new(&name, &w.partition_by, &t.key);
                 fresh.version = old.version + 1;
                 fresh.run_id = "reset".into();
                 fresh.committed_at = chrono::Utc::now().to_rfc3339();
@@ -260,7 +260,7 @@ async fn reset_locked(config: &Config, lake: &Lake, t: &TableConfig) -> Result<R
         lake.delete_files(&name, files.iter().map(String::as_str))
             .await?;
     }
-    if t.mode != CaptureMode::Watermark {
+    if t.mode() != CaptureMode::Watermark {
         let schema = lake.path(&format!("_sluice/mongo/{}/schema.json", t.name));
         match lake.store().delete(&schema).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -319,10 +319,10 @@ pub async fn dry_run(
             t.source
         ));
         let manifest = lake.read_manifest(&t.name).await?;
-        match t.mode {
-            CaptureMode::Watermark => {
+        match &t.capture {
+            CaptureConfig::Watermark(w) => {
                 let mut typed = None;
-                let base_sql = match (&t.source_table, &t.query) {
+                let base_sql = match (&w.source_table, &w.query) {
                     (Some(st), _) => {
                         match crate::source::types::plan(&t.name, source.kind, &source.url, st)
                             .await
@@ -362,32 +362,32 @@ pub async fn dry_run(
                     let sql = extract_query(
                         Dialect::from(source.kind),
                         &base_sql,
-                        &t.cursor,
-                        &t.partition_by,
+                        &w.cursor,
+                        &w.partition_by,
                         watermark.as_ref(),
                     );
                     out.push_str(&format!("  query: {sql}\n"));
                 }
                 match &watermark {
                     _ if backfill.is_some() => {}
-                    Some(w) => out.push_str(&format!(
-                        "  watermark range: {} >= {w} (rows loaded at exactly {w} are skipped) up to the largest value read\n",
-                        t.cursor
+                    Some(at) => out.push_str(&format!(
+                        "  watermark range: {} >= {at} (rows loaded at exactly {at} are skipped) up to the largest value read\n",
+                        w.cursor
                     )),
                     None => out.push_str(&format!(
                         "  watermark range: none yet: every row, up to the largest {} read\n",
-                        t.cursor
+                        w.cursor
                     )),
                 }
                 if backfill.is_none() {
                     out.push_str(&format!(
                         "  partitions replaced: the {} days of the rows read (a day with files is merged by key and rewritten)\n",
-                        t.partition_by
+                        w.partition_by
                     ));
                 }
             }
-            CaptureMode::ChangeStream => {
-                let collection = t.collection.as_deref().unwrap_or("");
+            CaptureConfig::ChangeStream(m) => {
+                let collection = m.collection.as_str();
                 match manifest.as_ref().and_then(|m| m.change_stream.as_ref()) {
                     None if manifest.as_ref().is_some_and(|m| !m.partitions.is_empty()) => {
                         out.push_str("  the lake's change table has rows but no change-stream position: the run would stop and ask for a reset\n");
@@ -407,13 +407,13 @@ pub async fn dry_run(
                     t.name
                 ));
             }
-            CaptureMode::Snapshot | CaptureMode::SnapshotDiff => {
+            CaptureConfig::Snapshot(m) | CaptureConfig::SnapshotDiff(m) => {
                 let day = std::env::var(SNAPSHOT_DATE_ENV)
                     .unwrap_or_else(|_| chrono::Utc::now().format("%Y-%m-%d").to_string());
                 out.push_str(&format!(
                     "  query: the whole collection {:?}, sorted by key\n  partition replaced: {day} ({})\n",
-                    t.collection.as_deref().unwrap_or(""),
-                    if t.mode == CaptureMode::Snapshot {
+                    m.collection,
+                    if t.mode() == CaptureMode::Snapshot {
                         "the snapshot day"
                     } else {
                         "the change day; diffed against the last earlier snapshot"
@@ -450,43 +450,46 @@ async fn backfill_plan(
 ) -> Result<()> {
     use futures::StreamExt;
 
+    let Some(w) = t.watermark() else {
+        return Ok(()); // only watermark tables are backfilled (checked before)
+    };
     let watermark = manifest.and_then(|m| m.watermark);
-    let range = backfill.cursor_range(&t.name, &t.cursor, watermark.as_ref())?;
+    let range = backfill.cursor_range(&t.name, &w.cursor, watermark.as_ref())?;
     let Some(base_sql) = base_sql else {
         return Ok(());
     };
     let sql = backfill_query(
         Dialect::from(source.kind),
         base_sql,
-        &t.cursor,
-        &t.partition_by,
+        &w.cursor,
+        &w.partition_by,
         &range,
     );
     out.push_str(&format!("  query: {sql}\n"));
     out.push_str(&format!(
         "  backfill: {} from {} up to, not including, {} (the days {backfill}, UTC); the watermark stays at {}\n",
-        t.cursor,
+        w.cursor,
         range.from,
         range.to,
-        watermark.map(|w| w.to_string()).unwrap_or_default()
+        watermark.map(|at| at.to_string()).unwrap_or_default()
     ));
     let mut stream = crate::source::sql::read(&t.name, &source.url, sql, t.batch_rows).await?;
     if let Some(typed) = typed {
         stream = typed.apply(&t.name, stream)?;
     }
-    let column = stream.schema.index_of(&t.partition_by).map_err(|_| {
+    let column = stream.schema.index_of(&w.partition_by).map_err(|_| {
         Error::capture(
             &t.name,
             format!(
                 "partition_by column {:?} is not in the source's columns",
-                t.partition_by
+                w.partition_by
             ),
         )
     })?;
     let mut days: std::collections::BTreeMap<i32, u64> = Default::default();
     while let Some(batch) = stream.batches.next().await {
         let batch = batch?;
-        for slice in crate::lake::writer::split_by_day(&batch, column, &t.partition_by)
+        for slice in crate::lake::writer::split_by_day(&batch, column, &w.partition_by)
             .map_err(|e| Error::capture(&t.name, e))?
         {
             *days.entry(slice.day).or_default() += slice.batch.num_rows() as u64;
@@ -497,7 +500,7 @@ async fn backfill_plan(
         "  partitions replaced: {} row(s) read on {} day(s) of {}; a day is rewritten only where a row differs from the lake's\n",
         rows,
         days.len(),
-        t.partition_by
+        w.partition_by
     ));
     for (day, rows) in days {
         let day = crate::lake::writer::day_string(day);

@@ -131,7 +131,7 @@ pub fn check_tables(config: &Config, tables: &[String]) -> Result<()> {
         .iter()
         .filter(|t| tables.is_empty() || tables.contains(&t.name));
     for t in selected {
-        let (what, why) = match t.mode {
+        let (what, why) = match t.mode() {
             CaptureMode::Watermark => continue,
             CaptureMode::Snapshot => ("snapshot", "reads the whole collection every run"),
             CaptureMode::SnapshotDiff => ("snapshot_diff", "reads the whole collection every run"),

@@ -65,7 +65,7 @@ use super::{
     SchemaUpdate, TableChange,
 };
 use crate::capture::position::{ClusterTime, StreamPosition};
-use crate::config::TableConfig;
+use crate::config::{MongoConfig, TableConfig};
 use crate::error::{chain, Error, Result};
 use crate::fault;
 use crate::lake::manifest::{FileEntry, Manifest};
@@ -86,6 +86,8 @@ const MAX_QUIET: Duration = Duration::from_secs(30);
 /// Change-stream capture of one MongoDB collection.
 pub struct ChangeStream<'a> {
     pub table: &'a TableConfig,
+    /// The table's MongoDB settings.
+    pub mongo: &'a MongoConfig,
 }
 
 impl Capture for ChangeStream<'_> {
@@ -122,7 +124,7 @@ impl Capture for ChangeStream<'_> {
         let source = &ctx.config.sources[&table.source];
         let collection = CollectionSource {
             url: source.url.clone(),
-            collection: table.collection.clone().unwrap_or_default(),
+            collection: self.mongo.collection.clone(),
         };
         let client = mongodb::Client::with_uri_str(&source.url)
             .await
@@ -135,6 +137,7 @@ impl Capture for ChangeStream<'_> {
         })?;
         let mut run = StreamRun {
             table,
+            mongo: self.mongo,
             lake: ctx.lake,
             has_warehouse: ctx.has_warehouse,
             run_id: ctx.run_id,
@@ -150,6 +153,7 @@ impl Capture for ChangeStream<'_> {
 
 struct StreamRun<'a> {
     table: &'a TableConfig,
+    mongo: &'a MongoConfig,
     lake: &'a Lake,
     has_warehouse: bool,
     run_id: &'a str,
@@ -210,6 +214,7 @@ impl StreamRun<'_> {
         }
         let schema = document_schema(
             self.table,
+            self.mongo,
             self.lake,
             &self.collection,
             manifest.version > 0,

@@ -40,7 +40,7 @@ use super::{
     Apply, Capture, CaptureContext, CaptureCounts, CaptureOutcome, Committed, LakeTable, Position,
     SchemaUpdate, TableChange,
 };
-use crate::config::{CaptureMode, TableConfig};
+use crate::config::{CaptureMode, MongoConfig, TableConfig};
 use crate::error::{Error, Result};
 use crate::lake::manifest::Manifest;
 use crate::lake::writer::{day_string, parse_day, FileRoller};
@@ -58,6 +58,8 @@ pub use super::changes::{CHANGE_DATE, CURRENT_SUFFIX, IS_DELETED, OP, SNAPSHOT_D
 /// `mode`).
 pub struct Snapshot<'a> {
     pub table: &'a TableConfig,
+    /// The table's MongoDB settings.
+    pub mongo: &'a MongoConfig,
 }
 
 impl Snapshot<'_> {
@@ -80,7 +82,7 @@ impl Capture for Snapshot<'_> {
             partition_column: partition_column.to_string(),
             key: self.key(),
         };
-        match self.table.mode {
+        match self.table.mode() {
             CaptureMode::SnapshotDiff => vec![
                 table(self.state_name(), SNAPSHOT_DATE),
                 table(self.table.name.clone(), CHANGE_DATE),
@@ -91,7 +93,7 @@ impl Capture for Snapshot<'_> {
 
     fn warehouse_tables(&self) -> WarehouseTables {
         let key = self.key();
-        match self.table.mode {
+        match self.table.mode() {
             CaptureMode::SnapshotDiff => WarehouseTables {
                 target: LoadTarget::changes(
                     &self.table.name,
@@ -128,10 +130,11 @@ impl Capture for Snapshot<'_> {
         let source = &ctx.config.sources[&table.source];
         let collection = CollectionSource {
             url: source.url.clone(),
-            collection: table.collection.clone().unwrap_or_default(),
+            collection: self.mongo.collection.clone(),
         };
         let run = SnapshotRun {
             table,
+            mongo: self.mongo,
             lake: ctx.lake,
             run_id: ctx.run_id,
             day,
@@ -141,14 +144,14 @@ impl Capture for Snapshot<'_> {
         info!(day = %day_string(day), collection = %collection.collection, "Snapshot started.");
         // The diff merge-joins the collection in key order: one cursor. A snapshot
         // may read key ranges at once (`read_parallelism`).
-        let stream = match table.mode {
+        let stream = match table.mode() {
             CaptureMode::Snapshot => {
                 collection
                     .read_parallel(
                         &table.name,
                         schema,
                         table.batch_rows,
-                        table.read_parallelism,
+                        self.mongo.read_parallelism,
                     )
                     .await?
             }
@@ -158,7 +161,7 @@ impl Capture for Snapshot<'_> {
                     .await?
             }
         };
-        match table.mode {
+        match table.mode() {
             CaptureMode::SnapshotDiff => {
                 let (state, changes) = (&committed.manifests[0], &committed.manifests[1]);
                 run.snapshot_diff(stream, state, changes).await
@@ -188,12 +191,14 @@ fn check_layout(table: &LakeTable, m: &Manifest) -> Result<()> {
 /// a sample of the collection, and stored.
 pub(crate) async fn document_schema(
     table: &TableConfig,
+    mongo: &MongoConfig,
     lake: &Lake,
     collection: &CollectionSource,
     committed: bool,
 ) -> Result<DocumentSchema> {
     let run = SnapshotRun {
         table,
+        mongo,
         lake,
         run_id: "",
         day: 0,
@@ -218,6 +223,7 @@ fn snapshot_day(table: &str) -> Result<i32> {
 
 struct SnapshotRun<'a> {
     table: &'a TableConfig,
+    mongo: &'a MongoConfig,
     lake: &'a Lake,
     run_id: &'a str,
     day: i32,
@@ -261,17 +267,17 @@ impl SnapshotRun<'_> {
             }
         }
         let declared: Vec<(String, ColumnType)> = self
-            .table
+            .mongo
             .columns
             .iter()
             .map(|(n, t)| (n.clone(), ColumnType::parse(t).expect("validated")))
             .collect();
-        let sample = collection.sample(name, self.table.infer_sample).await?;
+        let sample = collection.sample(name, self.mongo.infer_sample).await?;
         let schema = DocumentSchema::infer(
             sample.iter().map(|d| d.as_ref()),
             &declared,
-            self.table.nested,
-            self.table.on_mismatch,
+            self.mongo.nested,
+            self.mongo.on_mismatch,
             &self.key(),
         );
         if !schema.columns.iter().any(|c| c.name == schema.key) {

@@ -25,7 +25,7 @@ use super::{
     Apply, Capture, CaptureContext, CaptureCounts, CaptureOutcome, Committed, LakeTable, Position,
     SchemaUpdate, TableChange,
 };
-use crate::config::{Config, TableConfig};
+use crate::config::{Config, TableConfig, WatermarkConfig};
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::lake::manifest::{FileEntry, Manifest};
@@ -40,6 +40,8 @@ use crate::warehouse::WarehouseTables;
 /// Watermark capture (and its backfill) of one SQL table.
 pub struct Watermark<'a> {
     pub table: &'a TableConfig,
+    /// The table's watermark settings.
+    pub settings: &'a WatermarkConfig,
     /// Rebuild the table from a full reload when its source schema changed in a
     /// way the lake cannot follow.
     pub allow_schema_change: bool,
@@ -51,7 +53,7 @@ impl Capture for Watermark<'_> {
     fn lake_tables(&self) -> Vec<LakeTable> {
         vec![LakeTable {
             name: self.table.name.clone(),
-            partition_column: self.table.partition_by.clone(),
+            partition_column: self.settings.partition_by.clone(),
             key: self.table.key.clone(),
         }]
     }
@@ -59,7 +61,7 @@ impl Capture for Watermark<'_> {
     fn warehouse_tables(&self) -> WarehouseTables {
         let t = self.table;
         WarehouseTables {
-            target: LoadTarget::for_table(t, &t.partition_by, &t.key),
+            target: LoadTarget::for_table(t, &self.settings.partition_by, &t.key),
             current: None,
         }
     }
@@ -72,6 +74,7 @@ impl Capture for Watermark<'_> {
         let run = WatermarkRun {
             config: ctx.config,
             table: self.table,
+            settings: self.settings,
             lake: ctx.lake,
             run_id: ctx.run_id,
             allow_schema_change: self.allow_schema_change,
@@ -85,6 +88,7 @@ impl Capture for Watermark<'_> {
 struct WatermarkRun<'a> {
     config: &'a Config,
     table: &'a TableConfig,
+    settings: &'a WatermarkConfig,
     lake: &'a Lake,
     run_id: &'a str,
     allow_schema_change: bool,
@@ -119,12 +123,12 @@ impl WatermarkRun<'_> {
     async fn run(&self, committed: Manifest) -> Result<CaptureOutcome> {
         let t = self.table;
         let name = t.name.as_str();
-        if committed.partition_column != t.partition_by || committed.key != t.key {
+        if committed.partition_column != self.settings.partition_by || committed.key != t.key {
             return Err(Error::capture(
                 name,
                 format!(
                     "the lake's table was built with partition_by = {:?} and key = {:?}; the config now says {:?} and {:?} (delete the table's folder to rebuild it)",
-                    committed.partition_column, committed.key, t.partition_by, t.key
+                    committed.partition_column, committed.key, self.settings.partition_by, t.key
                 ),
             ));
         }
@@ -134,31 +138,39 @@ impl WatermarkRun<'_> {
         let watermark_before = manifest.watermark.map(|w| w.to_string());
         // A backfill reads a range of the cursor in the watermark's type.
         let backfill = match self.backfill {
-            Some(b) => Some(b.cursor_range(name, &t.cursor, manifest.watermark.as_ref())?),
+            Some(b) => {
+                Some(b.cursor_range(name, &self.settings.cursor, manifest.watermark.as_ref())?)
+            }
             None => None,
         };
         let source = &self.config.sources[&t.source];
         let dialect = Dialect::from(source.kind);
         // A source table is read through a typed SELECT (source::types): exact
         // decimals, JSON as text, UTC instants; uncarriable types fail here.
-        let typed = match &t.source_table {
+        let typed = match &self.settings.source_table {
             Some(table) => {
                 Some(crate::source::types::plan(name, source.kind, &source.url, table).await?)
             }
             None => None,
         };
-        let base = match (&typed, &t.query) {
+        let base = match (&typed, &self.settings.query) {
             (Some(typed), _) => typed.sql.clone(),
             (None, Some(query)) => query.trim().trim_end_matches(';').to_string(),
             (None, None) => unreachable!("validated: one of source_table and query"),
         };
         let sql = match &backfill {
-            Some(range) => backfill_query(dialect, &base, &t.cursor, &t.partition_by, range),
+            Some(range) => backfill_query(
+                dialect,
+                &base,
+                &self.settings.cursor,
+                &self.settings.partition_by,
+                range,
+            ),
             None => extract_query(
                 dialect,
                 &base,
-                &t.cursor,
-                &t.partition_by,
+                &self.settings.cursor,
+                &self.settings.partition_by,
                 manifest.watermark.as_ref(),
             ),
         };
@@ -209,10 +221,16 @@ impl WatermarkRun<'_> {
                 warnings.push(format!("table rebuilt: {}", reasons.join("; ")));
                 // Read as a table never loaded: every day new, no watermark.
                 rebuild = true;
-                manifest = Manifest::new(name, &t.partition_by, &t.key);
+                manifest = Manifest::new(name, &self.settings.partition_by, &t.key);
                 if watermark_before.is_some() {
                     drop(stream);
-                    let sql = extract_query(dialect, &base, &t.cursor, &t.partition_by, None);
+                    let sql = extract_query(
+                        dialect,
+                        &base,
+                        &self.settings.cursor,
+                        &self.settings.partition_by,
+                        None,
+                    );
                     stream = crate::source::sql::read(name, &source.url, sql, t.batch_rows).await?;
                     if let Some(typed) = &typed {
                         stream = typed.apply(name, stream)?;
@@ -250,7 +268,7 @@ impl WatermarkRun<'_> {
                 .observe(batch)
                 .map_err(|e| Error::capture(name, e))?;
             let batch = conform(name, &schema, batch)?;
-            let slices = split_by_day(&batch, partition_column, &t.partition_by)
+            let slices = split_by_day(&batch, partition_column, &self.settings.partition_by)
                 .map_err(|e| Error::capture(name, e))?;
             for slice in slices {
                 if open.as_ref().map(|(d, _)| *d) != Some(slice.day) {
@@ -274,7 +292,7 @@ impl WatermarkRun<'_> {
         if tracker.null_cursor_rows > 0 {
             warnings.push(format!(
                 "{} row(s) have a NULL {}: they are loaded now but later changes to them are not seen",
-                tracker.null_cursor_rows, t.cursor
+                tracker.null_cursor_rows, self.settings.cursor
             ));
         }
         let (new_watermark, new_boundary) = match backfill {
@@ -453,7 +471,8 @@ impl WatermarkRun<'_> {
     fn check_columns(&self, schema: &SchemaRef) -> Result<(CursorColumn, Vec<usize>, usize)> {
         let t = self.table;
         let name = t.name.as_str();
-        let cursor = CursorColumn::new(schema, &t.cursor).map_err(|e| Error::capture(name, e))?;
+        let cursor = CursorColumn::new(schema, &self.settings.cursor)
+            .map_err(|e| Error::capture(name, e))?;
         let find = |column: &str, role: &str| {
             schema.index_of(column).map_err(|_| {
                 Error::capture(
@@ -475,12 +494,12 @@ impl WatermarkRun<'_> {
             .iter()
             .map(|k| find(k, "key"))
             .collect::<Result<Vec<_>>>()?;
-        let partition = find(&t.partition_by, "partition_by")?;
+        let partition = find(&self.settings.partition_by, "partition_by")?;
         Ok((cursor, keys, partition))
     }
 
     fn day_dir(&self, day: i32) -> String {
-        format!("{}={}", self.table.partition_by, day_string(day))
+        format!("{}={}", self.settings.partition_by, day_string(day))
     }
 
     /// A day's files are sorted by the key within each row group.

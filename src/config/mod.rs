@@ -10,6 +10,11 @@
 
 pub mod models;
 pub mod mongo_types;
+pub mod table;
+
+pub use table::{
+    CaptureConfig, CaptureMode, MongoConfig, TableConfig, WatermarkConfig, MAX_READ_PARALLELISM,
+};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -123,121 +128,6 @@ fn default_clickhouse_user() -> String {
 
 fn default_days_per_load() -> usize {
     100
-}
-
-/// One table to move.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TableConfig {
-    /// Name in the lake and in ClickHouse.
-    pub name: String,
-    /// Name of an entry in `[sources]`.
-    pub source: String,
-    /// Source table, optionally schema-qualified (`public.transactions`). Exactly one
-    /// of `source_table` and `query` is set.
-    #[serde(default)]
-    pub source_table: Option<String>,
-    /// A `SELECT` to read instead of a table.
-    #[serde(default)]
-    pub query: Option<String>,
-    /// Column whose value grows whenever a row is inserted or updated
-    /// (`updated_at`); rows are read with `cursor >= last watermark`. Required in
-    /// `watermark` mode, unused otherwise.
-    #[serde(default)]
-    pub cursor: String,
-    /// Columns that identify a row; re-read and updated rows replace older
-    /// versions by this key. Required in `watermark` mode; in the snapshot modes it
-    /// defaults to `["_id"]` and must be a single field.
-    #[serde(default)]
-    pub key: Vec<String>,
-    /// Date or timestamp column whose day names the partition
-    /// (`<col>=YYYY-MM-DD/`). Must not change once a row exists (a creation time).
-    /// Required in `watermark` mode; the snapshot modes partition by
-    /// `snapshot_date` / `_change_date` themselves.
-    #[serde(default)]
-    pub partition_by: String,
-    /// How changes are captured: `watermark` (default), `snapshot`,
-    /// `snapshot_diff` or `change_stream` (see README, "MongoDB sources").
-    #[serde(default)]
-    pub mode: CaptureMode,
-    /// MongoDB collection to read (sources of kind `mongodb` only; the database is
-    /// the one named in the source URL).
-    #[serde(default)]
-    pub collection: Option<String>,
-    /// MongoDB: declared column types by top-level field, overriding what the
-    /// sample infers, e.g. `{ age = "int64", price = "decimal(38,2)", address =
-    /// "json" }`. Types: string, objectid, int32, int64, double, bool, timestamp,
-    /// decimal(P,S), binary, json.
-    #[serde(default)]
-    pub columns: BTreeMap<String, String>,
-    /// MongoDB: documents read (in natural order) to infer the schema on the
-    /// table's first run; later runs reuse the lake's schema. 0 = declared columns
-    /// only.
-    #[serde(default = "default_infer_sample")]
-    pub infer_sample: usize,
-    /// MongoDB: how nested documents and arrays are stored: `struct` (Arrow
-    /// Struct / List) or `json` (a relaxed Extended JSON string column).
-    #[serde(default)]
-    pub nested: NestedMode,
-    /// MongoDB: what a value that does not fit its column (or a field not in the
-    /// schema) does: `overflow` (kept as JSON in the `_overflow` column) or
-    /// `error` (the run fails naming the collection, `_id` and field).
-    #[serde(default)]
-    pub on_mismatch: MismatchPolicy,
-    /// ClickHouse TTL: rows whose partition day is older than this many days are
-    /// deleted by ClickHouse and not loaded.
-    #[serde(default)]
-    pub retention_days: Option<u32>,
-    /// ClickHouse partition of the table: `day` (`toYYYYMMDD`, the default for
-    /// tables captured by watermark and for change tables) or `month`
-    /// (`toYYYYMM`, the default for `mode = "snapshot"`: one partition per month
-    /// of `snapshot_date`). The lake stays partitioned by day either way; a
-    /// month partition is replaced whole, its other days copied from the table.
-    #[serde(default)]
-    pub clickhouse_partition: Option<PartitionGrain>,
-    /// Rows per Arrow batch read from the source.
-    #[serde(default = "default_batch_rows")]
-    pub batch_rows: usize,
-    /// MongoDB, `mode = "snapshot"` only: cursors reading disjoint ranges of the
-    /// key field (`_id`) at once. 1 (default) is one cursor; `snapshot_diff`
-    /// needs one cursor in key order and keeps 1. Each cursor holds up to one
-    /// batch (`batch_rows` documents or 32 MiB of BSON) of its own.
-    #[serde(default = "default_read_parallelism")]
-    pub read_parallelism: usize,
-}
-
-/// Largest `read_parallelism`.
-pub const MAX_READ_PARALLELISM: usize = 32;
-
-fn default_read_parallelism() -> usize {
-    1
-}
-
-fn default_batch_rows() -> usize {
-    64 * 1024
-}
-
-fn default_infer_sample() -> usize {
-    1000
-}
-
-/// How a table's changes are captured.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CaptureMode {
-    /// Read rows whose `cursor` is at or past the last watermark (SQL sources).
-    #[default]
-    Watermark,
-    /// Copy the whole source every run into the day's `snapshot_date` partition.
-    Snapshot,
-    /// Compare the whole source with the last snapshot by key and content hash;
-    /// keep the changes (`_op` insert/update/delete) and the current state.
-    SnapshotDiff,
-    /// Follow the collection's MongoDB change stream from a resume token kept in
-    /// the lake: a first snapshot, then each run reads the inserts, updates and
-    /// deletes since the last one until caught up (same change rows as
-    /// `snapshot_diff`). Needs a replica set (or sharded cluster).
-    ChangeStream,
 }
 
 /// The span of one ClickHouse partition.
@@ -362,58 +252,7 @@ impl Config {
                 ));
             }
             let mongo = self.sources[&t.source].kind == SourceKind::Mongodb;
-            if t.read_parallelism != 1 && !(mongo && t.mode == CaptureMode::Snapshot) {
-                return Err(invalid(
-                    &t.name,
-                    "read_parallelism",
-                    "is for MongoDB tables in mode \"snapshot\" (snapshot_diff reads one cursor in key order)".into(),
-                ));
-            }
-            if !(1..=MAX_READ_PARALLELISM).contains(&t.read_parallelism) {
-                return Err(invalid(
-                    &t.name,
-                    "read_parallelism",
-                    format!("must be between 1 and {MAX_READ_PARALLELISM}"),
-                ));
-            }
-            if mongo || t.mode != CaptureMode::Watermark {
-                validate_snapshot_table(t, mongo)?;
-                continue;
-            }
-            if t.collection.is_some() {
-                return Err(invalid(
-                    &t.name,
-                    "collection",
-                    "is only for sources of kind \"mongodb\"".into(),
-                ));
-            }
-            match (&t.source_table, &t.query) {
-                (Some(_), None) | (None, Some(_)) => {}
-                _ => {
-                    return Err(invalid(
-                        &t.name,
-                        "source_table/query",
-                        "set exactly one of them".into(),
-                    ))
-                }
-            }
-            if t.key.is_empty() {
-                return Err(invalid(
-                    &t.name,
-                    "key",
-                    "at least one key column is needed to replace updated rows".into(),
-                ));
-            }
-            if t.cursor.is_empty() || t.partition_by.is_empty() {
-                return Err(invalid(
-                    &t.name,
-                    "cursor/partition_by",
-                    "must name columns".into(),
-                ));
-            }
-            if t.batch_rows == 0 {
-                return Err(invalid(&t.name, "batch_rows", "must be > 0".into()));
-            }
+            t.validate(mongo)?;
         }
         Ok(())
     }
@@ -421,102 +260,6 @@ impl Config {
     /// The table named `name`.
     pub fn table(&self, name: &str) -> Option<&TableConfig> {
         self.tables.iter().find(|t| t.name == name)
-    }
-}
-
-/// Checks a table in `snapshot` / `snapshot_diff` / `change_stream` mode (and
-/// every MongoDB table).
-fn validate_snapshot_table(t: &TableConfig, mongo: bool) -> Result<(), ConfigError> {
-    let invalid = |field: &str, reason: &str| ConfigError::Invalid {
-        table: t.name.clone(),
-        field: field.to_string(),
-        reason: reason.to_string(),
-    };
-    if !mongo {
-        return Err(invalid(
-            "mode",
-            "snapshot, snapshot_diff and change_stream capture read MongoDB sources only (SQL sources use watermark)",
-        ));
-    }
-    if t.mode == CaptureMode::Watermark {
-        return Err(invalid(
-            "mode",
-            "must be \"snapshot\", \"snapshot_diff\" or \"change_stream\" for a MongoDB source (a collection has no watermark column)",
-        ));
-    }
-    if t.mode != CaptureMode::Snapshot && t.clickhouse_partition == Some(PartitionGrain::Month) {
-        return Err(invalid(
-            "clickhouse_partition",
-            "\"month\" is for watermark and snapshot tables; the change and current-state tables of snapshot_diff and change_stream are partitioned by day",
-        ));
-    }
-    match &t.collection {
-        Some(c) if !c.is_empty() => {}
-        _ => return Err(invalid("collection", "must name the MongoDB collection")),
-    }
-    if t.source_table.is_some() || t.query.is_some() {
-        return Err(invalid(
-            "source_table/query",
-            "are for SQL sources; a MongoDB table names its `collection`",
-        ));
-    }
-    if !t.cursor.is_empty() || !t.partition_by.is_empty() {
-        return Err(invalid(
-            "cursor/partition_by",
-            "are watermark settings; snapshot tables are partitioned by snapshot_date (or _change_date)",
-        ));
-    }
-    if t.key.len() > 1 || t.key.iter().any(|k| k.is_empty() || k.contains('.')) {
-        return Err(invalid(
-            "key",
-            "must be one top-level field (default [\"_id\"])",
-        ));
-    }
-    // A delete event names its document by `_id` only (documentKey): another key
-    // field could not be found for it.
-    if t.mode == CaptureMode::ChangeStream && t.key.iter().any(|k| k != "_id") {
-        return Err(invalid(
-            "key",
-            "must be [\"_id\"] (the default) in change_stream mode: delete events carry only the document's _id",
-        ));
-    }
-    if t.batch_rows == 0 {
-        return Err(invalid("batch_rows", "must be > 0"));
-    }
-    for (column, ty) in &t.columns {
-        if mongo_types::ColumnType::parse(ty).is_none() {
-            return Err(invalid(
-                &format!("columns.{column}"),
-                &format!("has unknown type {ty:?} (string, objectid, int32, int64, double, bool, timestamp, decimal(P,S), binary, json)"),
-            ));
-        }
-    }
-    if t.infer_sample == 0 && t.columns.is_empty() {
-        return Err(invalid(
-            "infer_sample",
-            "is 0 and no `columns` are declared: the table would have no columns",
-        ));
-    }
-    Ok(())
-}
-
-impl TableConfig {
-    /// The table's ClickHouse partition: as configured, else by month for
-    /// snapshots (one snapshot a day) and by day for everything else.
-    pub fn clickhouse_grain(&self) -> PartitionGrain {
-        self.clickhouse_partition.unwrap_or(match self.mode {
-            CaptureMode::Snapshot => PartitionGrain::Month,
-            _ => PartitionGrain::Day,
-        })
-    }
-
-    /// The key fields: `key`, or `["_id"]` for a snapshot table without one.
-    pub fn key_fields(&self) -> Vec<String> {
-        if self.key.is_empty() && self.mode != CaptureMode::Watermark {
-            vec!["_id".to_string()]
-        } else {
-            self.key.clone()
-        }
     }
 }
 
@@ -601,7 +344,7 @@ mod tests {
     fn parses_and_interpolates() {
         let c = Config::from_toml(MINIMAL, &env).unwrap();
         assert_eq!(c.sources["pg"].url, "postgres://u:s3cret@localhost/db");
-        assert_eq!(c.tables[0].batch_rows, default_batch_rows());
+        assert_eq!(c.tables[0].batch_rows, 64 * 1024);
     }
 
     #[test]
@@ -651,7 +394,7 @@ mod tests {
             mode = "change_stream"
         "#;
         let c = Config::from_toml(mongo, &env).unwrap();
-        assert_eq!(c.tables[0].mode, CaptureMode::ChangeStream);
+        assert_eq!(c.tables[0].mode(), CaptureMode::ChangeStream);
         assert_eq!(c.tables[0].key_fields(), vec!["_id".to_string()]);
         let err = Config::from_toml(&format!("{mongo}key = [\"uid\"]\n"), &env)
             .unwrap_err()
@@ -678,7 +421,7 @@ mod tests {
             )
         };
         let c = Config::from_toml(&mongo("snapshot", 4), &env).unwrap();
-        assert_eq!(c.tables[0].read_parallelism, 4);
+        assert_eq!(c.tables[0].mongo().unwrap().read_parallelism, 4);
         for (text, expected) in [
             (mongo("snapshot_diff", 2), "snapshot_diff reads one cursor"),
             (mongo("snapshot", 0), "between 1 and"),
@@ -692,7 +435,51 @@ mod tests {
             assert!(err.contains(expected), "{err}");
         }
         let c = Config::from_toml(MINIMAL, &env).unwrap();
-        assert_eq!(c.tables[0].read_parallelism, 1);
+        assert!(
+            c.tables[0].mongo().is_none(),
+            "a watermark table has no MongoDB settings"
+        );
+    }
+
+    #[test]
+    fn a_setting_of_another_mode_is_refused_naming_it() {
+        let mongo = "[lake]\nurl = \"/tmp/l\"\n[sources.m]\nkind = \"mongodb\"\nurl = \"mongodb://h/db\"\n\
+                     [[table]]\nname = \"users\"\nsource = \"m\"\ncollection = \"users\"\nmode = \"snapshot_diff\"\n";
+        let c = Config::from_toml(mongo, &env).unwrap();
+        match &c.tables[0].capture {
+            CaptureConfig::SnapshotDiff(m) => assert_eq!(m.collection, "users"),
+            other => panic!("{other:?}"),
+        }
+        for (extra, expected) in [
+            ("cursor = \"updated_at\"\n", "watermark settings"),
+            ("query = \"SELECT 1\"\n", "are for SQL sources"),
+        ] {
+            let err = Config::from_toml(&format!("{mongo}{extra}"), &env)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("users") && err.contains(expected), "{err}");
+        }
+        for (extra, field) in [
+            ("infer_sample = 10\npartition_by", "infer_sample"),
+            ("nested = \"json\"\npartition_by", "nested"),
+            ("collection = \"t\"\npartition_by", "collection"),
+        ] {
+            let text = MINIMAL.replace("partition_by", extra);
+            let err = Config::from_toml(&text, &env).unwrap_err().to_string();
+            assert!(
+                err.contains("transactions") && err.contains(field),
+                "{field}: {err}"
+            );
+        }
+        match &Config::from_toml(MINIMAL, &env).unwrap().tables[0].capture {
+            CaptureConfig::Watermark(w) => {
+                assert_eq!(
+                    (w.cursor.as_str(), w.partition_by.as_str()),
+                    ("updated_at", "created_at")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
