@@ -155,32 +155,7 @@ batch_rows = 100
         // hold every source id once.
         let store = s3_store();
         let prefix = format!("{}/events", self.name);
-        let manifest: serde_json::Value = {
-            use object_store::ObjectStoreExt;
-            let path = object_store::path::Path::from(format!("{prefix}/_manifest.json"));
-            serde_json::from_slice(&store.get(&path).await.unwrap().bytes().await.unwrap()).unwrap()
-        };
-        assert!(
-            manifest["pending_warehouse"].as_array().unwrap().is_empty(),
-            "{case}"
-        );
-        let live: BTreeSet<String> = manifest["partitions"]
-            .as_object()
-            .unwrap()
-            .values()
-            .flat_map(|p| p["files"].as_array().unwrap().iter())
-            .map(|f| format!("{prefix}/{}", f["path"].as_str().unwrap()))
-            .collect();
-        let present: BTreeSet<String> = list(&store, &prefix)
-            .await
-            .into_iter()
-            .map(|(p, _)| p)
-            .filter(|p| p.ends_with(".parquet"))
-            .collect();
-        assert_eq!(
-            live, present,
-            "{case}: live files vs objects in the table folder"
-        );
+        assert_lake_settled(&store, &prefix, case).await;
         let mut ids: Vec<String> = read_parquet_under(&store, &prefix)
             .await
             .iter()
@@ -205,6 +180,41 @@ batch_rows = 100
         drop(self.dir);
         self.pg.drop().await;
     }
+}
+
+/// The lake table under `prefix` has no day pending for ClickHouse, and its
+/// manifest lists exactly the Parquet objects in its folder (no stray file).
+async fn assert_lake_settled(
+    store: &std::sync::Arc<dyn object_store::ObjectStore>,
+    prefix: &str,
+    case: &str,
+) {
+    let manifest: serde_json::Value = {
+        use object_store::ObjectStoreExt;
+        let path = object_store::path::Path::from(format!("{prefix}/_manifest.json"));
+        serde_json::from_slice(&store.get(&path).await.unwrap().bytes().await.unwrap()).unwrap()
+    };
+    assert!(
+        manifest["pending_warehouse"].as_array().unwrap().is_empty(),
+        "{case}: {prefix} has days pending for ClickHouse"
+    );
+    let live: BTreeSet<String> = manifest["partitions"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|p| p["files"].as_array().unwrap().iter())
+        .map(|f| format!("{prefix}/{}", f["path"].as_str().unwrap()))
+        .collect();
+    let present: BTreeSet<String> = list(store, prefix)
+        .await
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.ends_with(".parquet"))
+        .collect();
+    assert_eq!(
+        live, present,
+        "{case}: live files vs objects in the table folder {prefix}"
+    );
 }
 
 /// Killed during the first (full) load, then rerun.
@@ -519,31 +529,7 @@ batch_rows = 7
                 "snapshot" => vec!["users"],
                 _ => vec!["users", "users_current"],
             } {
-                let prefix = format!("{db}/{table}");
-                let manifest: serde_json::Value = {
-                    use object_store::ObjectStoreExt;
-                    let path = object_store::path::Path::from(format!("{prefix}/_manifest.json"));
-                    serde_json::from_slice(&store.get(&path).await.unwrap().bytes().await.unwrap())
-                        .unwrap()
-                };
-                assert!(
-                    manifest["pending_warehouse"].as_array().unwrap().is_empty(),
-                    "{case}: {table} has pending days"
-                );
-                let live: BTreeSet<String> = manifest["partitions"]
-                    .as_object()
-                    .unwrap()
-                    .values()
-                    .flat_map(|p| p["files"].as_array().unwrap().iter())
-                    .map(|f| format!("{prefix}/{}", f["path"].as_str().unwrap()))
-                    .collect();
-                let present: BTreeSet<String> = list(&store, &prefix)
-                    .await
-                    .into_iter()
-                    .map(|(p, _)| p)
-                    .filter(|p| p.ends_with(".parquet"))
-                    .collect();
-                assert_eq!(live, present, "{case}: {table} live files vs objects");
+                assert_lake_settled(&store, &format!("{db}/{table}"), case).await;
             }
             // The lake's rows of today equal the source's count.
             let (table, column) = match self.mode {

@@ -94,6 +94,16 @@ async fn drive_locked<C: Capture>(run: &TableRun<'_>, capture: &C) -> Result<Tab
         progress: run.progress,
     };
     let outcome = capture.capture(&ctx, &committed).await?;
+    if outcome.changes.len() != tables.len() {
+        return Err(crate::error::Error::capture(
+            name,
+            format!(
+                "the capture returned {} table change(s) for {} lake table(s) (a bug in sluice); nothing was committed",
+                outcome.changes.len(),
+                tables.len()
+            ),
+        ));
+    }
     let mut report = TableReport {
         table: name.to_string(),
         rows_read: outcome.counts.rows_read,
