@@ -173,14 +173,6 @@ impl Error {
         }
     }
 
-    /// The object store's error behind this one, if any.
-    pub fn store_error(&self) -> Option<&object_store::Error> {
-        match self {
-            Error::Store { store, .. } => Some(store),
-            _ => None,
-        }
-    }
-
     pub(crate) fn warehouse(table: &str, message: impl std::fmt::Display) -> Self {
         Error::Warehouse {
             table: table.to_string(),

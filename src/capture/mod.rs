@@ -27,7 +27,7 @@ use std::future::Future;
 
 use arrow::datatypes::SchemaRef;
 
-use crate::config::{Config, TableConfig};
+use crate::config::Config;
 use crate::error::Result;
 use crate::lake::manifest::{FileEntry, Manifest};
 use crate::lake::Lake;
@@ -46,11 +46,8 @@ pub struct LakeTable {
 /// What a capture mode needs besides the committed state.
 pub struct CaptureContext<'a> {
     pub config: &'a Config,
-    pub table: &'a TableConfig,
     pub lake: &'a Lake,
     pub run_id: &'a str,
-    /// Whether ClickHouse loads the table (some modes rebuild it after a reset).
-    pub has_warehouse: bool,
     pub progress: &'a TableProgress,
 }
 
@@ -78,14 +75,6 @@ pub enum Apply {
 }
 
 impl Apply {
-    /// The days that get files.
-    pub fn days(&self) -> impl Iterator<Item = &String> {
-        match self {
-            Apply::Append(days) | Apply::ReplaceTable(days) => days.keys(),
-            Apply::ReplaceDays { days, .. } => days.keys(),
-        }
-    }
-
     /// The new files.
     pub fn files(&self) -> impl Iterator<Item = &FileEntry> {
         let days = match self {
@@ -155,7 +144,8 @@ pub struct CaptureOutcome {
     /// or the snapshot's day.
     pub today: i32,
     pub position: Position,
-    /// The warehouse must drop and reload the main table (and its twin).
+    /// The warehouse, if there is one, must drop and reload the main table (and
+    /// its twin).
     pub rebuild_warehouse: bool,
     pub counts: CaptureCounts,
     /// The position before and after, as the report shows them.

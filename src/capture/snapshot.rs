@@ -215,9 +215,7 @@ fn snapshot_day(table: &str) -> Result<i32> {
                 format!("{SNAPSHOT_DATE_ENV}={text:?} is not a date (YYYY-MM-DD)"),
             )
         }),
-        Err(_) => Ok(
-            parse_day(&chrono::Utc::now().format("%Y-%m-%d").to_string()).expect("today is a date"),
-        ),
+        Err(_) => Ok(crate::lake::writer::today()),
     }
 }
 

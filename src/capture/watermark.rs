@@ -395,7 +395,7 @@ impl WatermarkRun<'_> {
                 load: true,
             }],
             schema,
-            today: crate::pipeline::table::today(),
+            today: crate::lake::writer::today(),
             position,
             rebuild_warehouse: rebuild,
             counts,

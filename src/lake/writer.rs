@@ -285,6 +285,11 @@ pub fn day_string(day: i32) -> String {
 }
 
 /// The day number of `YYYY-MM-DD`.
+/// Today (UTC) as days since 1970-01-01.
+pub fn today() -> i32 {
+    parse_day(&chrono::Utc::now().format("%Y-%m-%d").to_string()).expect("today is a date")
+}
+
 pub fn parse_day(day: &str) -> Option<i32> {
     chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
         .ok()

@@ -87,10 +87,8 @@ async fn drive_locked<C: Capture>(run: &TableRun<'_>, capture: &C) -> Result<Tab
     }
     let ctx = CaptureContext {
         config: run.config,
-        table: run.table,
         lake,
         run_id: run.run_id,
-        has_warehouse: run.warehouse.is_some(),
         progress: run.progress,
     };
     let outcome = capture.capture(&ctx, &committed).await?;
@@ -402,9 +400,4 @@ async fn load(
         "Loaded into ClickHouse."
     );
     Ok(())
-}
-
-/// Today (UTC) as days since 1970-01-01, the day retention counts back from.
-pub fn today() -> i32 {
-    parse_day(&chrono::Utc::now().format("%Y-%m-%d").to_string()).unwrap_or(0)
 }

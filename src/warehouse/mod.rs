@@ -240,11 +240,6 @@ impl Warehouse {
         self.drop_stage(name).await
     }
 
-    /// The database the tables live in.
-    pub fn database(&self) -> &str {
-        &self.database
-    }
-
     /// Rows per ClickHouse partition ID of `table` (for checks and tests).
     pub async fn partition_counts(&self, table: &str) -> Result<Vec<(String, u64)>> {
         #[derive(clickhouse::Row, serde::Deserialize)]
