@@ -359,11 +359,6 @@ mod snapshot_modes {
     use super::*;
     use mongodb::bson::{doc, oid::ObjectId, Document};
 
-    fn mongo_url(db: &str) -> String {
-        let base = env_or("SLUICE_TEST_MONGO_URL", "mongodb://127.0.0.1:27017");
-        format!("{base}/{db}?directConnection=true")
-    }
-
     fn oid(n: u32) -> ObjectId {
         let mut bytes = [0u8; 12];
         bytes[0] = 0x65;

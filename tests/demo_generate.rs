@@ -13,12 +13,6 @@ use common::*;
 use common_mysql::MyDb;
 use mongodb::bson::doc;
 
-fn mongo_url(db: &str) -> String {
-    let base = env_or("SLUICE_TEST_MONGO_URL", "mongodb://127.0.0.1:27017");
-    let base = base.split('?').next().unwrap().trim_end_matches('/');
-    format!("{base}/{db}?directConnection=true")
-}
-
 struct Sources {
     pg: PgDb,
     my: MyDb,

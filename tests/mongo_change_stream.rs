@@ -14,11 +14,6 @@ use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
 
-fn mongo_url(db: &str) -> String {
-    let base = env_or("SLUICE_TEST_MONGO_URL", "mongodb://127.0.0.1:27017");
-    format!("{base}/{db}?directConnection=true")
-}
-
 async fn collection(db: &str) -> mongodb::Collection<Document> {
     let client = mongodb::Client::with_uri_str(mongo_url(db))
         .await

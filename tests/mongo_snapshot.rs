@@ -9,11 +9,6 @@ use mongodb::bson::{
     doc, oid::ObjectId, spec::BinarySubtype, Binary, DateTime, Decimal128, Document,
 };
 
-fn mongo_url(db: &str) -> String {
-    let base = env_or("SLUICE_TEST_MONGO_URL", "mongodb://127.0.0.1:27017");
-    format!("{base}/{db}?directConnection=true")
-}
-
 async fn collection(db: &str, name: &str) -> mongodb::Collection<Document> {
     let client = mongodb::Client::with_uri_str(mongo_url(db))
         .await

@@ -12,6 +12,13 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
+/// The test MongoDB (SecantusDB or a replica set) with database `db`.
+pub fn mongo_url(db: &str) -> String {
+    let base = env_or("SLUICE_TEST_MONGO_URL", "mongodb://127.0.0.1:27017");
+    let base = base.split('?').next().unwrap().trim_end_matches('/');
+    format!("{base}/{db}?directConnection=true")
+}
+
 pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
