@@ -13,7 +13,8 @@ pub mod mongo_types;
 pub mod table;
 
 pub use table::{
-    CaptureConfig, CaptureMode, MongoConfig, TableConfig, WatermarkConfig, MAX_READ_PARALLELISM,
+    CaptureConfig, CaptureMode, Lookback, MongoConfig, TableConfig, WatermarkConfig,
+    MAX_READ_PARALLELISM,
 };
 
 use std::collections::BTreeMap;

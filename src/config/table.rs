@@ -87,6 +87,59 @@ pub struct WatermarkConfig {
     /// Date or timestamp column whose day names the partition
     /// (`<col>=YYYY-MM-DD/`). Must not change once a row exists (a creation time).
     pub partition_by: String,
+    /// Also read this window below the watermark every run, for cursors set by
+    /// the application (or another clock) rather than by the database's commit
+    /// order. Rows read again unchanged are dropped by key and content.
+    pub lookback: Option<Lookback>,
+    /// Each run compares, day by day, the source's keys with the lake's (a count
+    /// and a fingerprint) and deletes from the lake and ClickHouse the keys the
+    /// source no longer has.
+    pub detect_deletes: bool,
+}
+
+/// How far below the watermark a run reads again (`lookback = "15m"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Lookback {
+    /// A span of time, for timestamp and date cursors: `"90s"`, `"15m"`, `"2h"`,
+    /// `"1d"`.
+    Span { micros: i64 },
+    /// A number of cursor values, for integer cursors: `"1000"`.
+    Count(i64),
+}
+
+impl TryFrom<String> for Lookback {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "lookback {text:?} is not a span (\"90s\", \"15m\", \"2h\", \"1d\") or a count of an integer cursor (\"1000\")"
+            )
+        };
+        let t = text.trim();
+        if let Ok(count) = t.parse::<i64>() {
+            return if count >= 0 {
+                Ok(Lookback::Count(count))
+            } else {
+                Err(bad())
+            };
+        }
+        let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (number, unit) = t.split_at(split);
+        let number: i64 = number.parse().map_err(|_| bad())?;
+        let unit_micros: i64 = match unit.trim() {
+            "s" => 1_000_000,
+            "m" => 60 * 1_000_000,
+            "h" => 3_600 * 1_000_000,
+            "d" => 86_400 * 1_000_000,
+            _ => return Err(bad()),
+        };
+        number
+            .checked_mul(unit_micros)
+            .map(|micros| Lookback::Span { micros })
+            .ok_or_else(bad)
+    }
 }
 
 /// The MongoDB modes' settings (`snapshot`, `snapshot_diff`, `change_stream`).
@@ -145,6 +198,10 @@ struct TableFile {
     batch_rows: usize,
     #[serde(default)]
     read_parallelism: Option<usize>,
+    #[serde(default)]
+    lookback: Option<Lookback>,
+    #[serde(default)]
+    detect_deletes: bool,
 }
 
 fn default_batch_rows() -> usize {
@@ -167,6 +224,8 @@ impl From<TableFile> for TableConfig {
             ("query", f.query.is_some()),
             ("cursor", !f.cursor.is_empty()),
             ("partition_by", !f.partition_by.is_empty()),
+            ("lookback", f.lookback.is_some()),
+            ("detect_deletes", f.detect_deletes),
         ];
         let mongo_fields = [
             ("collection", f.collection.is_some()),
@@ -195,6 +254,8 @@ impl From<TableFile> for TableConfig {
                 query: f.query,
                 cursor: f.cursor,
                 partition_by: f.partition_by,
+                lookback: f.lookback,
+                detect_deletes: f.detect_deletes,
             }),
             CaptureMode::Snapshot => CaptureConfig::Snapshot(mongo),
             CaptureMode::SnapshotDiff => CaptureConfig::SnapshotDiff(mongo),
@@ -332,6 +393,12 @@ impl TableConfig {
             return Err(invalid(
                 "source_table/query",
                 "are for SQL sources; a MongoDB table names its `collection`",
+            ));
+        }
+        if set(&["lookback", "detect_deletes"]) {
+            return Err(invalid(
+                "lookback/detect_deletes",
+                "are watermark settings; snapshot_diff and change_stream see deletes by themselves",
             ));
         }
         if set(&["cursor", "partition_by"]) {
