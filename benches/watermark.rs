@@ -1,10 +1,11 @@
-//! Watermark capture per batch: `WatermarkTracker::observe` reads the cursor and
-//! formats every row's key (to recognise boundary rows on the next run).
+//! Watermark capture per batch: `WatermarkTracker::observe` reads the cursor,
+//! and keys and hashes the rows the next run reads again (those at the
+//! watermark, or within `lookback` below it) to drop them when unchanged.
 
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use sluice::capture::cursor::{key_strings, CursorColumn, WatermarkTracker};
+use sluice::capture::cursor::{CursorColumn, TrackerStart, WatermarkTracker};
 
 #[allow(dead_code)] // each benchmark uses part of it
 mod support;
@@ -16,33 +17,63 @@ fn observe(c: &mut Criterion) {
     let mut group = c.benchmark_group("watermark");
     group.throughput(Throughput::Elements(BATCH_ROWS as u64));
 
+    let fresh = || TrackerStart {
+        previous: None,
+        seen: &[],
+        legacy_boundary: &[],
+        lookback: 0,
+        horizon: None,
+    };
     group.bench_function("observe 64K rows, first run", |b| {
         b.iter_batched(
-            || WatermarkTracker::new(cursor.clone(), vec![0], None, &[]),
+            || WatermarkTracker::new(cursor.clone(), vec![0], fresh()),
             |mut tracker| tracker.observe(batch.clone()).expect("observe"),
             BatchSize::SmallInput,
         )
     });
 
-    // An incremental run: the previous run stopped at the 1,000th row's cursor with
-    // 1,000 boundary keys, which are read again and dropped.
-    let mut first = WatermarkTracker::new(cursor.clone(), vec![0], None, &[]);
+    // An incremental run: the previous run read the first 1,000 rows; those it
+    // remembered are read again and dropped.
+    let mut first = WatermarkTracker::new(cursor.clone(), vec![0], fresh());
     first.observe(batch.slice(0, 1_000)).expect("observe");
-    let (previous, _) = first.finish();
-    let boundary: Vec<Vec<String>> = (0..1_000).map(|i| vec![i.to_string()]).collect();
+    let end = first.finish();
     group.bench_function(
-        "observe 64K rows, after a watermark with 1K boundary keys",
+        "observe 64K rows, after a watermark with its remembered rows",
         |b| {
             b.iter_batched(
-                || WatermarkTracker::new(cursor.clone(), vec![0], previous, &boundary),
+                || {
+                    WatermarkTracker::new(
+                        cursor.clone(),
+                        vec![0],
+                        TrackerStart {
+                            previous: end.watermark,
+                            seen: &end.seen,
+                            ..fresh()
+                        },
+                    )
+                },
                 |mut tracker| tracker.observe(batch.clone()).expect("observe"),
                 BatchSize::SmallInput,
             )
         },
     );
 
-    group.bench_function("key_strings 64K rows (Int64 key)", |b| {
-        b.iter(|| key_strings(&batch, &[0]).expect("keys"))
+    // lookback wider than the batch's cursor range: every row is keyed and hashed.
+    group.bench_function("observe 64K rows, every row within lookback", |b| {
+        b.iter_batched(
+            || {
+                WatermarkTracker::new(
+                    cursor.clone(),
+                    vec![0],
+                    TrackerStart {
+                        lookback: i64::MAX / 4,
+                        ..fresh()
+                    },
+                )
+            },
+            |mut tracker| tracker.observe(batch.clone()).expect("observe"),
+            BatchSize::SmallInput,
+        )
     });
     group.finish();
 }

@@ -479,6 +479,12 @@ fn summary(report: &sluice::RunReport) -> String {
                 t.watermark_after.as_deref().unwrap_or("-")
             ));
         }
+        if t.rows_deleted > 0 {
+            out.push_str(&format!(
+                "  deletes: {} row(s) the source no longer has, removed\n",
+                t.rows_deleted
+            ));
+        }
         for w in &t.warnings {
             out.push_str(&format!("  warning: {w}\n"));
         }

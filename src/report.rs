@@ -39,6 +39,7 @@ pub struct StoredTable {
     pub rows_skipped: u64,
     pub rows_changed: u64,
     pub rows_replaced: u64,
+    pub rows_deleted: u64,
     pub partitions_written: Vec<String>,
     pub files_written: u64,
     pub bytes_written: u64,
@@ -269,6 +270,12 @@ pub fn format_run(run: &StoredRun) -> String {
             "  rows: {} read, {} skipped as already loaded, {} written, {} replaced by key, {} loaded into ClickHouse; {} in the lake\n",
             t.rows_read, t.rows_skipped, t.rows_changed, t.rows_replaced, t.rows_loaded, t.lake_rows
         ));
+        if t.rows_deleted > 0 {
+            out.push_str(&format!(
+                "  deletes: {} row(s) the source no longer has removed\n",
+                t.rows_deleted
+            ));
+        }
         out.push_str(&format!(
             "  files: {} written, {}\n",
             t.files_written,

@@ -109,8 +109,8 @@ pub fn describe_manifest(m: &Manifest) -> String {
         out.push_str(&format!("  change stream: {}\n", p.describe()));
     } else if let Some(w) = &m.watermark {
         out.push_str(&format!(
-            "  watermark: {w} ({} key(s) loaded at exactly it)\n",
-            m.boundary_keys.len()
+            "  watermark: {w} ({} row(s) at or near it remembered, read again next run)\n",
+            m.seen_rows.len() + m.boundary_keys.len()
         ));
     } else {
         out.push_str("  watermark: none (the next run reads everything)\n");

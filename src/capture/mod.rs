@@ -15,6 +15,7 @@ pub mod backfill;
 pub mod change_stream;
 pub mod changes;
 pub mod cursor;
+pub mod deletes;
 pub mod merge;
 pub mod merge_join;
 pub mod position;
@@ -109,12 +110,13 @@ pub struct TableChange {
 pub enum Position {
     /// Unchanged (snapshots have none; a backfill keeps the watermark).
     Keep,
-    /// A watermark and the keys of the rows loaded at exactly it. It moves only
+    /// A watermark and the rows the next run reads again (by key and content).
+    /// It moves only
     /// once ClickHouse has the rows (or with the lake commit when there is no
     /// ClickHouse): a crash in between re-reads from the old watermark.
     Watermark {
         watermark: Option<crate::capture::position::CursorValue>,
-        boundary_keys: Vec<Vec<String>>,
+        seen: Vec<crate::capture::position::SeenRow>,
     },
     /// A change stream's resume position, committed with the rows it follows.
     Stream(crate::capture::position::StreamPosition),
@@ -127,6 +129,8 @@ pub struct CaptureCounts {
     pub rows_skipped: u64,
     pub rows_changed: u64,
     pub rows_replaced: u64,
+    /// Rows removed because the source deleted them (`detect_deletes`).
+    pub rows_deleted: u64,
     /// Seconds reading the source and writing files, and merging into old days.
     pub extract_seconds: f64,
     pub merge_seconds: f64,

@@ -141,6 +141,17 @@ impl std::fmt::Display for ClusterTime {
     }
 }
 
+/// A row a watermark run loaded at or above the new watermark (or within the
+/// lookback below it): the next run reads it again and drops it when its
+/// content is unchanged, instead of rewriting its day.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SeenRow {
+    /// The key columns as text.
+    pub key: Vec<String>,
+    /// Hash of the whole row (xxh3 of Arrow's row format).
+    pub hash: u64,
+}
+
 /// Where a `change_stream` table's next run resumes, kept in its manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamPosition {

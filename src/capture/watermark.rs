@@ -19,7 +19,10 @@ use object_store::ObjectStoreExt;
 use tracing::{info, warn};
 
 use super::backfill::{backfill_query, Backfill};
-use super::cursor::{extract_query, CursorColumn, WatermarkTracker};
+use super::cursor::{
+    extract_query, read_from, CursorColumn, CursorValue, SeenRow, TrackerStart, WatermarkTracker,
+};
+use super::deletes;
 use super::merge::{conform, merge_partition};
 use super::{
     Apply, Capture, CaptureContext, CaptureCounts, CaptureOutcome, Committed, LakeTable, Position,
@@ -30,9 +33,10 @@ use crate::error::{Error, Result};
 use crate::fault;
 use crate::lake::manifest::{FileEntry, Manifest};
 use crate::lake::schema::{self, SchemaChange};
-use crate::lake::writer::{day_string, split_by_day, FileRoller};
+use crate::lake::writer::{day_string, parse_day, split_by_day, FileRoller};
 use crate::lake::Lake;
 use crate::progress::{Stage, TableProgress};
+use crate::source::horizon::{self, CommitHorizon};
 use crate::source::sql::Dialect;
 use crate::warehouse::LoadTarget;
 use crate::warehouse::WarehouseTables;
@@ -103,6 +107,22 @@ struct WatermarkRun<'a> {
 /// stage from ~7-11 s to the figure in benches/README.md.
 const MERGE_CONCURRENCY: usize = 16;
 
+/// An open transaction older than this, holding the watermark back, is named in
+/// the run's warnings.
+const LONG_TRANSACTION_SECONDS: i64 = 3600;
+
+/// Sequence numbers of the files of days rewritten without deleted keys (after
+/// any the extract and merge use).
+const DELETE_SEQ: usize = 1 << 30;
+
+/// What delete detection removed.
+#[derive(Default)]
+struct Deleted {
+    rows: u64,
+    /// The deleted keys, as text (columns joined by U+001F).
+    keys: std::collections::HashSet<String>,
+}
+
 /// One day after the merge: its final files, and what they replaced.
 struct MergedDay {
     day_name: String,
@@ -158,6 +178,18 @@ impl WatermarkRun<'_> {
             (None, Some(query)) => query.trim().trim_end_matches(';').to_string(),
             (None, None) => unreachable!("validated: one of source_table and query"),
         };
+        // Where this run reads from (the watermark less the lookback), and how far
+        // its watermark may move (the start of the oldest open transaction).
+        let read_from = read_from(
+            &self.settings.cursor,
+            manifest.watermark,
+            self.settings.lookback,
+        )
+        .map_err(|e| Error::capture(name, e))?;
+        let horizon = match backfill {
+            Some(_) => None,
+            None => self.commit_horizon(source, &mut warnings).await,
+        };
         let sql = match &backfill {
             Some(range) => backfill_query(
                 dialect,
@@ -171,7 +203,7 @@ impl WatermarkRun<'_> {
                 &base,
                 &self.settings.cursor,
                 &self.settings.partition_by,
-                manifest.watermark.as_ref(),
+                read_from.as_ref(),
             ),
         };
         match &backfill {
@@ -244,16 +276,27 @@ impl WatermarkRun<'_> {
                 }
             }
         }
-        // A backfill skips nothing at the watermark: every row of its range is merged.
-        let mut tracker = match backfill {
-            Some(_) => WatermarkTracker::new(cursor, key_columns.clone(), None, &[]),
-            None => WatermarkTracker::new(
-                cursor,
-                key_columns.clone(),
-                manifest.watermark,
-                &manifest.boundary_keys,
-            ),
+        // A backfill skips nothing: every row of its range is merged.
+        let lookback = cursor
+            .lookback(&self.settings.cursor, self.settings.lookback)
+            .map_err(|e| Error::capture(name, e))?;
+        let start = match backfill {
+            Some(_) => TrackerStart {
+                previous: None,
+                seen: &[],
+                legacy_boundary: &[],
+                lookback: 0,
+                horizon: None,
+            },
+            None => TrackerStart {
+                previous: manifest.watermark,
+                seen: &manifest.seen_rows,
+                legacy_boundary: &manifest.boundary_keys,
+                lookback,
+                horizon: horizon.as_ref().and_then(|h| cursor.horizon(h)),
+            },
         };
+        let mut tracker = WatermarkTracker::new(cursor, key_columns.clone(), start);
 
         // Extract: one open writer at a time, since rows arrive ordered by day.
         let mut outputs: BTreeMap<i32, DayOutput> = BTreeMap::new();
@@ -295,10 +338,16 @@ impl WatermarkRun<'_> {
                 tracker.null_cursor_rows, self.settings.cursor
             ));
         }
-        let (new_watermark, new_boundary) = match backfill {
+        let (new_watermark, seen): (_, Vec<SeenRow>) = match backfill {
             // The backfill's own commit path: the capture position stays.
-            Some(_) => (manifest.watermark, manifest.boundary_keys.clone()),
-            None => tracker.finish(),
+            Some(_) => (manifest.watermark, Vec::new()),
+            None => {
+                let end = tracker.finish();
+                if let (Some(held_from), Some(horizon)) = (end.held_from, &horizon) {
+                    self.report_hold(held_from, end.watermark, horizon, &mut warnings);
+                }
+                (end.watermark, end.seen)
+            }
         };
         if let (Some(old), Some(new)) = (manifest.watermark, new_watermark) {
             if new < old {
@@ -363,6 +412,26 @@ impl WatermarkRun<'_> {
         drop(merged_days);
         counts.merge_seconds = stage.elapsed().as_secs_f64();
 
+        // Hard deletes: the days whose keys differ from the source's lose the
+        // keys the source no longer has. A rebuild read the whole source anyway.
+        let mut seen = seen;
+        if self.settings.detect_deletes && backfill.is_none() && !rebuild {
+            let source = deletes::Source {
+                table: name,
+                url: &source.url,
+                dialect,
+                base: &base,
+                partition_by: &self.settings.partition_by,
+                partition_type: schema.field(partition_column).data_type().clone(),
+                key: &t.key,
+            };
+            let deleted = self
+                .detect_deletes(&source, &manifest, &schema, &mut days, &mut warnings)
+                .await?;
+            counts.rows_deleted = deleted.rows;
+            seen.retain(|row| !deleted.keys.contains(&row.key.join("\u{1f}")));
+        }
+
         let schema_moves = !matches!(change, SchemaChange::Same) || manifest.schema.is_empty();
         let watermark_after = match backfill {
             Some(_) => watermark_before.clone(),
@@ -373,7 +442,7 @@ impl WatermarkRun<'_> {
             Some(_) => Position::Keep,
             None => Position::Watermark {
                 watermark: new_watermark,
-                boundary_keys: new_boundary,
+                seen,
             },
         };
         let apply = if rebuild {
@@ -465,6 +534,159 @@ impl WatermarkRun<'_> {
             files: std::mem::take(&mut merged.files),
             merged: Some(merged),
         })
+    }
+
+    /// Compares each day's keys with the source's and rewrites the days that
+    /// hold keys the source no longer has, without them (`days` gets their new
+    /// files; a day left empty gets none, and ClickHouse drops its partition).
+    async fn detect_deletes(
+        &self,
+        source: &deletes::Source<'_>,
+        manifest: &Manifest,
+        schema: &SchemaRef,
+        days: &mut BTreeMap<String, Vec<FileEntry>>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Deleted> {
+        let name = self.table.name.as_str();
+        deletes::check_key_types(name, schema, &self.table.key)?;
+        let started = Instant::now();
+        let table_dir = self.lake.table_path(name);
+        // Each day's files as they will be committed: this run's, else the lake's.
+        let mut day_files: BTreeMap<i32, Vec<(object_store::path::Path, u64)>> = BTreeMap::new();
+        for (day_name, partition) in &manifest.partitions {
+            if let Some(day) = parse_day(day_name) {
+                let files = days.get(day_name).unwrap_or(&partition.files);
+                day_files.insert(
+                    day,
+                    files
+                        .iter()
+                        .map(|f| (join(&table_dir, &f.path), f.bytes))
+                        .collect(),
+                );
+            }
+        }
+        for (day_name, files) in days.iter() {
+            if let Some(day) = parse_day(day_name) {
+                day_files.insert(
+                    day,
+                    files
+                        .iter()
+                        .map(|f| (join(&table_dir, &f.path), f.bytes))
+                        .collect(),
+                );
+            }
+        }
+        day_files.retain(|_, files| !files.is_empty());
+        let lake = deletes::LakeDays {
+            table: name,
+            lake: self.lake,
+            schema,
+            key: &self.table.key,
+            days: day_files,
+        };
+        let (source_prints, lake_prints) = futures::try_join!(source.prints(), lake.prints())?;
+        let (compare, missing) = deletes::disagreeing_days(&source_prints, &lake_prints);
+        if !missing.is_empty() {
+            warnings.push(format!(
+                "the source has rows on {} day(s) the lake has none of ({}): rows committed after the extract arrive next run; otherwise run `sluice backfill`",
+                missing.len(),
+                deletes::day_names(&missing)
+            ));
+        }
+        let mut deleted = Deleted::default();
+        if compare.is_empty() {
+            info!(
+                days = lake_prints.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "Deletes: every day agrees with the source."
+            );
+            return Ok(deleted);
+        }
+        let source_keys = source.keys(&compare).await?;
+        fault::point("detect_deletes.after_keys");
+        let mut rewritten = 0usize;
+        for (i, day) in compare.iter().enumerate() {
+            let files = &lake.days[day];
+            let at_source = source_keys.get(day);
+            let gone: std::collections::HashSet<String> = lake
+                .keys_of(files)
+                .await?
+                .into_iter()
+                .filter(|k| at_source.is_none_or(|s| !s.contains(k)))
+                .collect();
+            if gone.is_empty() {
+                continue; // the source has more rows: they arrive with the watermark
+            }
+            let roller = self.open_final(*day, schema, DELETE_SEQ + i)?;
+            let (files_out, removed) = lake.rewrite_without(files, &gone, roller).await?;
+            let day_name = day_string(*day);
+            // Files this run wrote for the day and just replaced were never committed.
+            if let Some(superseded) = days.insert(day_name, files_out) {
+                for f in superseded {
+                    self.lake.store().delete(&join(&table_dir, &f.path)).await?;
+                }
+            }
+            deleted.rows += removed;
+            deleted.keys.extend(gone);
+            rewritten += 1;
+        }
+        info!(
+            days_compared = lake_prints.len(),
+            days_differing = compare.len(),
+            days_rewritten = rewritten,
+            rows_deleted = deleted.rows,
+            seconds = started.elapsed().as_secs_f64(),
+            "Deletes detected."
+        );
+        Ok(deleted)
+    }
+
+    /// The source's commit horizon, or `None` (with a warning saying why) when
+    /// it cannot be read.
+    async fn commit_horizon(
+        &self,
+        source: &crate::config::SourceConfig,
+        warnings: &mut Vec<String>,
+    ) -> Option<CommitHorizon> {
+        match horizon::commit_horizon(&self.table.name, source.kind, &source.url).await {
+            Ok(Some(h)) => {
+                if let Some(blind) = &h.blind {
+                    warn!(reason = %blind, "Open transactions partly visible.");
+                    warnings.push(blind.clone());
+                }
+                Some(h)
+            }
+            Ok(None) => None,
+            Err(reason) => {
+                warn!(%reason, "Open transactions cannot be read.");
+                warnings.push(format!(
+                    "the source's open transactions cannot be read ({reason}); the watermark moves to the largest value read, so rows of transactions open during the run can be missed"
+                ));
+                None
+            }
+        }
+    }
+
+    /// Logs a watermark held back by an open transaction, and warns when that
+    /// transaction has been open for long (it holds every later run back too).
+    fn report_hold(
+        &self,
+        held_from: CursorValue,
+        watermark: Option<CursorValue>,
+        horizon: &CommitHorizon,
+        warnings: &mut Vec<String>,
+    ) {
+        let watermark = watermark.map(|w| w.to_string()).unwrap_or_default();
+        info!(largest_read = %held_from, %watermark, "Watermark held at the start of the oldest open transaction; the rows after it are read again next run.");
+        if let Some((pid, started)) = horizon.oldest {
+            let open_for = (chrono::Utc::now().timestamp_micros() - started) / 1_000_000;
+            if open_for >= LONG_TRANSACTION_SECONDS {
+                warnings.push(format!(
+                    "a transaction open for {} min (server process {pid}) holds the watermark at {watermark}: every run reads again the rows after it until it ends",
+                    open_for / 60
+                ));
+            }
+        }
     }
 
     /// Resolves the configured columns in the source's schema.

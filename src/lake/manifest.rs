@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use arrow::datatypes::Schema;
 use serde::{Deserialize, Serialize};
 
-use crate::capture::position::CursorValue;
 use crate::capture::position::StreamPosition;
+use crate::capture::position::{CursorValue, SeenRow};
 
 /// Version of this file's layout.
 pub const FORMAT_VERSION: u32 = 1;
@@ -44,10 +44,15 @@ pub struct Manifest {
     /// Capture position: the largest cursor value loaded into the warehouse (or into
     /// the lake when there is no warehouse).
     pub watermark: Option<CursorValue>,
-    /// Keys of the rows loaded at exactly `watermark`; they are skipped when read
-    /// again.
-    #[serde(default)]
+    /// Keys of the rows loaded at exactly `watermark`, as manifests written
+    /// before `seen_rows` kept them; read, never written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub boundary_keys: Vec<Vec<String>>,
+    /// The rows loaded at or above `watermark` (and within `lookback` below
+    /// it), by key and content hash: the next run reads them again and drops
+    /// those unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seen_rows: Vec<SeenRow>,
     /// Partition days committed to the lake but not yet loaded into the warehouse.
     #[serde(default)]
     pub pending_warehouse: BTreeSet<String>,
@@ -111,6 +116,7 @@ impl Manifest {
             partitions: BTreeMap::new(),
             watermark: None,
             boundary_keys: Vec::new(),
+            seen_rows: Vec::new(),
             pending_warehouse: BTreeSet::new(),
             warehouse_rebuild: false,
             change_stream: None,

@@ -458,6 +458,24 @@ impl Lake {
         size: u64,
         batch_rows: usize,
     ) -> Result<futures::stream::BoxStream<'static, Result<RecordBatch>>> {
+        self.read_parquet_columns(path, size, batch_rows, None)
+            .await
+    }
+
+    /// Streams the record batches of one Parquet object, only `columns` when
+    /// given (top-level column names).
+    pub async fn read_parquet_columns(
+        &self,
+        path: Path,
+        size: u64,
+        batch_rows: usize,
+        columns: Option<&[String]>,
+    ) -> Result<futures::stream::BoxStream<'static, Result<RecordBatch>>> {
+        let mask = |schema: &parquet::schema::types::SchemaDescriptor| {
+            columns.map(|names| {
+                parquet::arrow::ProjectionMask::columns(schema, names.iter().map(String::as_str))
+            })
+        };
         if size <= WHOLE_GET_BYTES {
             // One GET instead of the footer, metadata and column-chunk ranges: a
             // small file costs one round trip (a merge reads hundreds of them).
@@ -469,12 +487,16 @@ impl Lake {
                 .bytes()
                 .await
                 .map_err(|e| Error::lake(format!("reading {path}: {e}")))?;
-            let reader =
+            let mut builder =
                 parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
                     .map_err(|e| Error::lake(format!("opening {path}: {e}")))?
-                    .with_batch_size(batch_rows)
-                    .build()
-                    .map_err(|e| Error::lake(format!("reading {path}: {e}")))?;
+                    .with_batch_size(batch_rows);
+            if let Some(mask) = mask(builder.parquet_schema()) {
+                builder = builder.with_projection(mask);
+            }
+            let reader = builder
+                .build()
+                .map_err(|e| Error::lake(format!("reading {path}: {e}")))?;
             let shown = path.clone();
             return Ok(futures::stream::iter(
                 reader.map(move |b| b.map_err(|e| Error::lake(format!("reading {shown}: {e}")))),
@@ -486,10 +508,14 @@ impl Lake {
             path: path.clone(),
             size,
         };
-        let stream = ParquetRecordBatchStreamBuilder::new(reader)
+        let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
             .await
             .map_err(|e| Error::lake(format!("opening {path}: {e}")))?
-            .with_batch_size(batch_rows)
+            .with_batch_size(batch_rows);
+        if let Some(mask) = mask(builder.parquet_schema()) {
+            builder = builder.with_projection(mask);
+        }
+        let stream = builder
             .build()
             .map_err(|e| Error::lake(format!("reading {path}: {e}")))?;
         Ok(stream.map(move |b| b.map_err(Error::from)).boxed())

@@ -16,6 +16,8 @@ pub struct TableReport {
     pub rows_changed: u64,
     /// Old lake rows replaced by a newer version of the same key.
     pub rows_replaced: u64,
+    /// Lake rows removed because the source deleted their key (`detect_deletes`).
+    pub rows_deleted: u64,
     pub partitions_written: Vec<String>,
     pub files_written: usize,
     pub bytes_written: u64,

@@ -108,6 +108,7 @@ async fn drive_locked<C: Capture>(run: &TableRun<'_>, capture: &C) -> Result<Tab
         rows_skipped: outcome.counts.rows_skipped,
         rows_changed: outcome.counts.rows_changed,
         rows_replaced: outcome.counts.rows_replaced,
+        rows_deleted: outcome.counts.rows_deleted,
         watermark_before: outcome.position_before.clone(),
         watermark_after: outcome.position_after.clone(),
         warnings: outcome.warnings.clone(),
@@ -135,12 +136,10 @@ async fn drive_locked<C: Capture>(run: &TableRun<'_>, capture: &C) -> Result<Tab
                 Position::Keep => {}
                 // With ClickHouse the watermark moves only once it has the rows.
                 Position::Watermark { .. } if has_warehouse => {}
-                Position::Watermark {
-                    watermark,
-                    boundary_keys,
-                } => {
+                Position::Watermark { watermark, seen } => {
                     next.watermark = *watermark;
-                    next.boundary_keys = boundary_keys.clone();
+                    next.seen_rows = seen.clone();
+                    next.boundary_keys.clear();
                 }
                 Position::Stream(position) => next.change_stream = Some(position.clone()),
             }
@@ -173,13 +172,10 @@ async fn drive_locked<C: Capture>(run: &TableRun<'_>, capture: &C) -> Result<Tab
             Some(run.progress),
             &mut report,
             move |next| {
-                if let Position::Watermark {
-                    watermark,
-                    boundary_keys,
-                } = position
-                {
+                if let Position::Watermark { watermark, seen } = position {
                     next.watermark = watermark;
-                    next.boundary_keys = boundary_keys;
+                    next.seen_rows = seen;
+                    next.boundary_keys.clear();
                 }
             },
         )
@@ -248,6 +244,7 @@ fn apply(
             next.pending_warehouse.clear();
             next.watermark = None;
             next.boundary_keys.clear();
+            next.seen_rows.clear();
         }
     }
     match &change.schema {

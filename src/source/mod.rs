@@ -1,6 +1,7 @@
 //! Sources: each yields a schema and a stream of Arrow record batches.
 
 pub mod arrow_bridge;
+pub mod horizon;
 pub mod mongo;
 pub mod sql;
 pub mod types;
