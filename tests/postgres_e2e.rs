@@ -141,7 +141,7 @@ async fn first_load_incremental_and_noop_rerun() {
     assert_warehouse_equals_source(&pg, &name).await;
     assert_lake_equals_source(&pg, &name).await;
     let m1 = read_manifest(&name).await;
-    assert_eq!(m1["boundary_keys"].as_array().unwrap().len(), 85);
+    assert_eq!(m1["seen_rows"].as_array().unwrap().len(), 85);
     assert!(m1["pending_warehouse"].as_array().unwrap().is_empty());
 
     // 2. Changes: new rows *at* the old watermark (arriving after the run), an
