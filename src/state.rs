@@ -10,7 +10,7 @@ use std::path::Path as FsPath;
 use object_store::ObjectStoreExt;
 
 use crate::capture::backfill::{backfill_query, check_tables, Backfill};
-use crate::capture::cursor::extract_query;
+use crate::capture::cursor::{extract_query, read_from};
 use crate::capture::snapshot::{CURRENT_SUFFIX, SNAPSHOT_DATE_ENV};
 use crate::config::{CaptureConfig, CaptureMode, Config, TableConfig};
 use crate::error::{register_url_secret, Error, Result};
@@ -359,20 +359,26 @@ pub async fn dry_run(
                         failure.get_or_insert(e);
                     }
                 } else if let Some(base_sql) = base_sql {
-                    let sql = extract_query(
-                        Dialect::from(source.kind),
-                        &base_sql,
-                        &w.cursor,
-                        &w.partition_by,
-                        watermark.as_ref(),
-                    );
-                    out.push_str(&format!("  query: {sql}\n"));
+                    match read_from(&w.cursor, watermark, w.lookback) {
+                        Ok(from) => {
+                            let sql = extract_query(
+                                Dialect::from(source.kind),
+                                &base_sql,
+                                &w.cursor,
+                                &w.partition_by,
+                                from.as_ref(),
+                            );
+                            out.push_str(&format!("  query: {sql}\n"));
+                        }
+                        Err(e) => out.push_str(&format!("  cannot read: {e}\n")),
+                    }
                 }
                 match &watermark {
                     _ if backfill.is_some() => {}
                     Some(at) => out.push_str(&format!(
-                        "  watermark range: {} >= {at} (rows loaded at exactly {at} are skipped) up to the largest value read\n",
-                        w.cursor
+                        "  watermark range: {} >= {at}{} (rows loaded as they are read again are skipped) up to the largest value read, held at the start of the oldest open transaction\n",
+                        w.cursor,
+                        if w.lookback.is_some() { " less the lookback" } else { "" }
                     )),
                     None => out.push_str(&format!(
                         "  watermark range: none yet: every row, up to the largest {} read\n",
@@ -384,6 +390,9 @@ pub async fn dry_run(
                         "  partitions replaced: the {} days of the rows read (a day with files is merged by key and rewritten)\n",
                         w.partition_by
                     ));
+                    if w.detect_deletes {
+                        out.push_str("  deletes: each day's key count and fingerprint compared with the source; days that differ lose the keys the source no longer has\n");
+                    }
                 }
             }
             CaptureConfig::ChangeStream(m) => {

@@ -6,7 +6,7 @@
 //! manifests, read by the driver under the table lock), it writes new Parquet
 //! files under fresh names and returns a [`CaptureOutcome`]: what to apply to
 //! each lake table ([`Apply`]: append, replace days, replace the table), the new
-//! position ([`Position`]: a watermark with its boundary keys, a change-stream
+//! position ([`Position`]: a watermark with the rows read again, a change-stream
 //! resume token), counts and warnings. A capture never commits, never touches
 //! ClickHouse and never writes the run report: `pipeline::driver` does, once for
 //! every mode.

@@ -218,6 +218,9 @@ impl WatermarkRun<'_> {
         }
         let schema = stream.schema.clone();
         let (cursor, key_columns, partition_column) = self.check_columns(&schema)?;
+        if self.settings.detect_deletes {
+            deletes::check_key_types(name, &schema, &t.key)?;
+        }
 
         // Schema evolution: additions and widenings are followed; anything else stops
         // the table unless a rebuild (a full reload) was asked for.
@@ -548,7 +551,6 @@ impl WatermarkRun<'_> {
         warnings: &mut Vec<String>,
     ) -> Result<Deleted> {
         let name = self.table.name.as_str();
-        deletes::check_key_types(name, schema, &self.table.key)?;
         let started = Instant::now();
         let table_dir = self.lake.table_path(name);
         // Each day's files as they will be committed: this run's, else the lake's.
