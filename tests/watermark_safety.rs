@@ -385,3 +385,48 @@ async fn mariadb_open_transaction_and_deletes() {
     assert_eq!(run.manifest().await, manifest);
     db.drop();
 }
+
+/// Settings that do not fit the table stop it with a message naming the
+/// setting and the column, before anything is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_that_do_not_fit_the_table_are_refused() {
+    let name = unique("wmbad");
+    let pg = PgDb::create(&name).await;
+    pg.exec(
+        "CREATE TABLE items (id numeric(10,0) PRIMARY KEY, created_at timestamptz NOT NULL,
+                             updated_at bigint NOT NULL, note text);
+         INSERT INTO items VALUES (1, now(), 1, 'a');",
+    )
+    .await;
+    for (extra, expected) in [
+        (
+            "lookback = \"15m\"",
+            "lookback is a span of time but the cursor \"updated_at\" is an integer",
+        ),
+        (
+            "detect_deletes = true",
+            "detect_deletes needs integer or text key columns; \"id\" is Decimal128(10, 0)",
+        ),
+        (
+            "lookback = \"15 parsecs\"",
+            "lookback \"15 parsecs\" is not a span",
+        ),
+    ] {
+        let run = Run::new(&name, "postgres", &pg.url, extra);
+        let config = run.config.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            sluice(&["run", "--config", config.to_str().unwrap()], &[])
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra}: the run succeeded");
+        assert!(stderr.contains(expected), "{extra}:\n{stderr}");
+        let objects = list(&s3_store(), &format!("{name}/items/")).await;
+        assert!(
+            objects.iter().all(|(path, _)| !path.ends_with(".parquet")),
+            "{extra}: nothing written: {objects:?}"
+        );
+    }
+    pg.drop().await;
+}
