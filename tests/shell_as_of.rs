@@ -60,6 +60,7 @@ fn write_day(lake: &Path, manifest: &mut Manifest, day: &str, batch: RecordBatch
                 rows: batch.num_rows() as u64,
                 bytes: std::fs::metadata(&path).unwrap().len(),
             }],
+            key_print: None,
         },
     );
 }

@@ -318,8 +318,15 @@ async fn postgres_detect_deletes() {
     .await;
     assert_eq!(days, vec!["9"], "the emptied day's partition is dropped");
 
-    // A rerun with no source change: nothing deleted, nothing rewritten.
+    // A rerun with no source change: nothing deleted, nothing rewritten, and
+    // no lake day read again (each keeps its fingerprint in the manifest).
     let manifest = run.manifest().await;
+    let partitions = manifest["partitions"].as_object().unwrap();
+    assert_eq!(partitions.len(), 10);
+    for (day, partition) in partitions {
+        let rows = partition["rows"].as_u64().unwrap();
+        assert_eq!(partition["key_print"]["rows"].as_u64(), Some(rows), "{day}");
+    }
     let ([_, changed, _], out) = run.run().await;
     assert_eq!(changed, 0, "{out}");
     assert!(!out.contains("deletes:"), "{out}");

@@ -247,6 +247,7 @@ impl StreamRun<'_> {
                     SchemaUpdate::Keep
                 },
                 load: true,
+                key_prints: BTreeMap::new(),
             }],
             schema: change_schema,
             today: crate::lake::writer::today(),

@@ -27,7 +27,7 @@ use object_store::path::Path;
 use crate::capture::merge::conform;
 use crate::capture::position::CursorValue;
 use crate::error::{Error, Result};
-use crate::lake::manifest::FileEntry;
+use crate::lake::manifest::{FileEntry, KeyPrint};
 use crate::lake::writer::{day_string, FileRoller};
 use crate::lake::Lake;
 use crate::source::sql::Dialect;
@@ -47,6 +47,31 @@ const KEY_SEPARATOR: char = '\u{1f}';
 pub struct DayPrint {
     pub rows: u64,
     pub sum: u128,
+}
+
+impl DayPrint {
+    fn add(&mut self, key: &str) {
+        self.rows += 1;
+        self.sum += key_hash(key) as u128;
+    }
+
+    /// As the manifest caches it (`None` past 2^64, never reached below 2^32
+    /// rows a day).
+    pub fn to_cached(self) -> Option<KeyPrint> {
+        Some(KeyPrint {
+            rows: self.rows,
+            sum: u64::try_from(self.sum).ok()?,
+        })
+    }
+}
+
+impl From<KeyPrint> for DayPrint {
+    fn from(p: KeyPrint) -> Self {
+        DayPrint {
+            rows: p.rows,
+            sum: p.sum as u128,
+        }
+    }
 }
 
 /// Checks that the key columns can be fingerprinted the same way on both sides.
@@ -258,10 +283,15 @@ pub struct LakeDays<'a> {
 }
 
 impl LakeDays<'_> {
-    /// Each day's count and key-hash sum, in the lake.
-    pub async fn prints(&self) -> Result<BTreeMap<i32, DayPrint>> {
-        let days: Vec<(i32, Vec<(Path, u64)>)> =
-            self.days.iter().map(|(d, f)| (*d, f.clone())).collect();
+    /// Each day's count and key-hash sum, in the lake, but for the days in
+    /// `known`.
+    pub async fn prints(&self, known: &BTreeMap<i32, DayPrint>) -> Result<BTreeMap<i32, DayPrint>> {
+        let days: Vec<(i32, Vec<(Path, u64)>)> = self
+            .days
+            .iter()
+            .filter(|(d, _)| !known.contains_key(d))
+            .map(|(d, f)| (*d, f.clone()))
+            .collect();
         futures::stream::iter(
             days.into_iter()
                 .map(|(day, files)| self.day_print(day, files)),
@@ -274,8 +304,7 @@ impl LakeDays<'_> {
     async fn day_print(&self, day: i32, files: Vec<(Path, u64)>) -> Result<(i32, DayPrint)> {
         let mut print = DayPrint::default();
         for text in self.keys_of(&files).await? {
-            print.rows += 1;
-            print.sum += key_hash(&text) as u128;
+            print.add(&text);
         }
         Ok((day, print))
     }
@@ -296,14 +325,15 @@ impl LakeDays<'_> {
     }
 
     /// Writes the rows of `files` whose key is not in `deleted` through `out`.
-    /// Returns the new files and the rows left out.
+    /// Returns the new files, the rows left out and the print of the rows kept.
     pub async fn rewrite_without(
         &self,
         files: &[(Path, u64)],
         deleted: &HashSet<String>,
         mut out: FileRoller,
-    ) -> Result<(Vec<FileEntry>, u64)> {
+    ) -> Result<(Vec<FileEntry>, u64, DayPrint)> {
         let mut removed = 0u64;
+        let mut kept_print = DayPrint::default();
         for (path, size) in files {
             let mut batches = self
                 .lake
@@ -313,7 +343,13 @@ impl LakeDays<'_> {
                 let batch = conform(self.table, self.schema, batch)?;
                 let keep: BooleanArray = key_texts(self.table, &batch, self.key)?
                     .iter()
-                    .map(|k| Some(!deleted.contains(k)))
+                    .map(|k| {
+                        let kept = !deleted.contains(k);
+                        if kept {
+                            kept_print.add(k);
+                        }
+                        Some(kept)
+                    })
                     .collect();
                 let kept = filter_record_batch(&batch, &keep)
                     .map_err(|e| Error::capture(self.table, e))?;
@@ -321,7 +357,7 @@ impl LakeDays<'_> {
                 out.write(&kept).await?;
             }
         }
-        Ok((out.finish().await?, removed))
+        Ok((out.finish().await?, removed, kept_print))
     }
 }
 

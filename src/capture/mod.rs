@@ -30,7 +30,7 @@ use arrow::datatypes::SchemaRef;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::lake::manifest::{FileEntry, Manifest};
+use crate::lake::manifest::{FileEntry, KeyPrint, Manifest};
 use crate::lake::Lake;
 use crate::progress::TableProgress;
 use crate::warehouse::WarehouseTables;
@@ -103,6 +103,9 @@ pub struct TableChange {
     pub schema: SchemaUpdate,
     /// The days ClickHouse must (re)load; usually every day that got files.
     pub load: bool,
+    /// Fingerprints of days' keys as they are after this change (`detect_deletes`
+    /// caches them in the manifest).
+    pub key_prints: BTreeMap<String, KeyPrint>,
 }
 
 /// Where the capture stands in its source, kept in the table's manifest.

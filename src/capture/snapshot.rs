@@ -362,6 +362,7 @@ impl SnapshotRun<'_> {
                 },
                 schema: SchemaUpdate::Set(Arc::clone(&schema)),
                 load: true,
+                key_prints: BTreeMap::new(),
             }],
             schema,
             today: self.day,
@@ -483,6 +484,7 @@ impl SnapshotRun<'_> {
                     },
                     schema: SchemaUpdate::Set(state_schema),
                     load: false,
+                    key_prints: BTreeMap::new(),
                 },
                 // The change set of the day (possibly empty).
                 TableChange {
@@ -492,6 +494,7 @@ impl SnapshotRun<'_> {
                     },
                     schema: SchemaUpdate::Set(Arc::clone(&change_schema)),
                     load: true,
+                    key_prints: BTreeMap::new(),
                 },
             ],
             schema: change_schema,

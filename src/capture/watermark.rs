@@ -121,6 +121,8 @@ struct Deleted {
     rows: u64,
     /// The deleted keys, as text (columns joined by U+001F).
     keys: std::collections::HashSet<String>,
+    /// The fingerprint of each day read or rewritten, for the manifest.
+    prints: BTreeMap<String, crate::lake::manifest::KeyPrint>,
 }
 
 /// One day after the merge: its final files, and what they replaced.
@@ -418,6 +420,7 @@ impl WatermarkRun<'_> {
         // Hard deletes: the days whose keys differ from the source's lose the
         // keys the source no longer has. A rebuild read the whole source anyway.
         let mut seen = seen;
+        let mut key_prints = BTreeMap::new();
         if self.settings.detect_deletes && backfill.is_none() && !rebuild {
             let source = deletes::Source {
                 table: name,
@@ -432,6 +435,7 @@ impl WatermarkRun<'_> {
                 .detect_deletes(&source, &manifest, &schema, &mut days, &mut warnings)
                 .await?;
             counts.rows_deleted = deleted.rows;
+            key_prints = deleted.prints;
             seen.retain(|row| !deleted.keys.contains(&row.key.join("\u{1f}")));
         }
 
@@ -465,6 +469,7 @@ impl WatermarkRun<'_> {
                     SchemaUpdate::Keep
                 },
                 load: true,
+                key_prints,
             }],
             schema,
             today: crate::lake::writer::today(),
@@ -554,28 +559,31 @@ impl WatermarkRun<'_> {
         let started = Instant::now();
         let table_dir = self.lake.table_path(name);
         // Each day's files as they will be committed: this run's, else the lake's.
-        let mut day_files: BTreeMap<i32, Vec<(object_store::path::Path, u64)>> = BTreeMap::new();
+        // A committed day keeps its fingerprint in the manifest: it is not read.
+        let paths = |files: &[FileEntry]| -> Vec<(object_store::path::Path, u64)> {
+            files
+                .iter()
+                .map(|f| (join(&table_dir, &f.path), f.bytes))
+                .collect()
+        };
+        let mut day_files = BTreeMap::new();
+        let mut cached: BTreeMap<i32, deletes::DayPrint> = BTreeMap::new();
         for (day_name, partition) in &manifest.partitions {
-            if let Some(day) = parse_day(day_name) {
-                let files = days.get(day_name).unwrap_or(&partition.files);
-                day_files.insert(
-                    day,
-                    files
-                        .iter()
-                        .map(|f| (join(&table_dir, &f.path), f.bytes))
-                        .collect(),
-                );
-            }
+            let Some(day) = parse_day(day_name) else {
+                continue;
+            };
+            match (days.get(day_name), partition.key_print) {
+                (Some(files), _) => day_files.insert(day, paths(files)),
+                (None, Some(print)) => {
+                    cached.insert(day, print.into());
+                    day_files.insert(day, paths(&partition.files))
+                }
+                (None, None) => day_files.insert(day, paths(&partition.files)),
+            };
         }
         for (day_name, files) in days.iter() {
             if let Some(day) = parse_day(day_name) {
-                day_files.insert(
-                    day,
-                    files
-                        .iter()
-                        .map(|f| (join(&table_dir, &f.path), f.bytes))
-                        .collect(),
-                );
+                day_files.insert(day, paths(files));
             }
         }
         day_files.retain(|_, files| !files.is_empty());
@@ -595,21 +603,31 @@ impl WatermarkRun<'_> {
             },
             async {
                 let t = Instant::now();
-                lake.prints().await.map(|p| (p, timed(t)))
+                lake.prints(&cached).await.map(|p| (p, timed(t)))
             }
         )?;
+        let mut deleted = Deleted::default();
+        // The days read get their fingerprint cached with this run's commit.
+        for (day, print) in &lake_prints {
+            if let Some(cached) = print.to_cached() {
+                deleted.prints.insert(day_string(*day), cached);
+            }
+        }
+        let read_days = lake_prints.len();
+        let mut lake_prints = lake_prints;
+        lake_prints.extend(cached);
         let (compare, missing) = deletes::disagreeing_days(&source_prints, &lake_prints);
         if !missing.is_empty() {
             warnings.push(format!(
-                "the source has rows on {} day(s) the lake has none of ({}): rows committed after the extract arrive next run; otherwise run `sluice backfill`",
+                "the source has rows on {} day(s) the lake has none of ({}): rows committed after the extract arrive with the next run; rows stamped below the watermark need `lookback` or a backfill (`sluice run --since … --until …`)",
                 missing.len(),
                 deletes::day_names(&missing)
             ));
         }
-        let mut deleted = Deleted::default();
         if compare.is_empty() {
             info!(
                 days = lake_prints.len(),
+                days_read = read_days,
                 source_seconds,
                 lake_seconds,
                 seconds = started.elapsed().as_secs_f64(),
@@ -633,8 +651,12 @@ impl WatermarkRun<'_> {
                 continue; // the source has more rows: they arrive with the watermark
             }
             let roller = self.open_final(*day, schema, DELETE_SEQ + i)?;
-            let (files_out, removed) = lake.rewrite_without(files, &gone, roller).await?;
+            let (files_out, removed, kept) = lake.rewrite_without(files, &gone, roller).await?;
             let day_name = day_string(*day);
+            match kept.to_cached() {
+                Some(kept) => deleted.prints.insert(day_name.clone(), kept),
+                None => deleted.prints.remove(&day_name),
+            };
             // Files this run wrote for the day and just replaced were never committed.
             if let Some(superseded) = days.insert(day_name, files_out) {
                 for f in superseded {
@@ -647,6 +669,7 @@ impl WatermarkRun<'_> {
         }
         info!(
             days_compared = lake_prints.len(),
+            days_read = read_days,
             days_differing = compare.len(),
             days_rewritten = rewritten,
             rows_deleted = deleted.rows,

@@ -88,6 +88,19 @@ pub struct ColumnEntry {
 pub struct PartitionEntry {
     pub rows: u64,
     pub files: Vec<FileEntry>,
+    /// The fingerprint of the day's keys (`detect_deletes`), for these files:
+    /// computed once, dropped whenever the files change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_print: Option<KeyPrint>,
+}
+
+/// A day's keys as `detect_deletes` compares them with the source: the row
+/// count and the sum of a 32-bit hash of each key (see `capture::deletes`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyPrint {
+    pub rows: u64,
+    /// Below 2^64 while a day holds fewer than 2^32 rows.
+    pub sum: u64,
 }
 
 /// One live Parquet file.

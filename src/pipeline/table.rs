@@ -210,6 +210,7 @@ fn apply(
     let entry = |files: &[crate::lake::manifest::FileEntry]| PartitionEntry {
         rows: files.iter().map(|f| f.rows).sum(),
         files: files.to_vec(),
+        key_print: None,
     };
     match &change.apply {
         Apply::Append(days) => {
@@ -217,6 +218,7 @@ fn apply(
                 let partition = next.partitions.entry(day.clone()).or_default();
                 partition.rows += files.iter().map(|f| f.rows).sum::<u64>();
                 partition.files.extend(files.iter().cloned());
+                partition.key_print = None;
                 touched.insert(day.clone());
             }
         }
@@ -245,6 +247,11 @@ fn apply(
             next.watermark = None;
             next.boundary_keys.clear();
             next.seen_rows.clear();
+        }
+    }
+    for (day, print) in &change.key_prints {
+        if let Some(partition) = next.partitions.get_mut(day) {
+            partition.key_print = Some(*print);
         }
     }
     match &change.schema {

@@ -477,6 +477,7 @@ mod tests {
         let partition = PartitionEntry {
             rows: files.len() as u64,
             files,
+            key_print: None,
         };
         (name.to_string(), partition)
     }
