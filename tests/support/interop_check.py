@@ -68,6 +68,10 @@ class Lake:
                 region=s3["region"],
                 endpoint_override=s3["endpoint"],
                 scheme="http" if s3["http"] else "https",
+                # The SDK's default gives up on a response idle for 3 s, which a
+                # local S3 stand-in on a loaded 2-core machine can exceed.
+                connect_timeout=10,
+                request_timeout=60,
             )
             self.root = url[len("s3://"):].rstrip("/") + "/" + table  # bucket/prefix/table
             self.url = "s3://" + self.root  # for DuckDB and polars
