@@ -221,6 +221,12 @@ impl WatermarkRun<'_> {
         let schema = stream.schema.clone();
         let (cursor, key_columns, partition_column) = self.check_columns(&schema)?;
         if self.settings.detect_deletes {
+            if dialect == Dialect::Sqlite {
+                return Err(Error::capture(
+                    name,
+                    "detect_deletes compares keys in SQL at PostgreSQL and MySQL sources; a SQLite source has no MD5",
+                ));
+            }
             deletes::check_key_types(name, &schema, &t.key)?;
         }
 
