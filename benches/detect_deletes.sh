@@ -40,7 +40,7 @@ fi
 
 WORK="$(mktemp -d -t sluice-deletes.XXXXXX)"
 PREFIX="bench_deletes_$(date +%s)"
-cleanup() {
+drop_all() {
   psql -q "$PG/sluice" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
   mysql -usluice -psluice -h127.0.0.1 -e "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true
   python3 -c "import sys, pymongo; pymongo.MongoClient(sys.argv[1]).drop_database('$DB')" \
@@ -54,11 +54,14 @@ for page in s3.get_paginator("list_objects_v2").paginate(Bucket="lake", Prefix=s
     if keys:
         s3.delete_objects(Bucket="lake", Delete={"Objects": keys})
 EOF
+}
+cleanup() {
+  drop_all
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-cleanup
+drop_all
 psql -q "$PG/sluice" -c "CREATE DATABASE $DB"
 mysql -usluice -psluice -h127.0.0.1 -e "CREATE DATABASE $DB"
 echo "== generating the fintech data set (scale $SCALE)" >&2
@@ -86,11 +89,13 @@ cursor = "updated_at"
 key = ["transaction_id"]
 partition_by = "created_at"
 clickhouse_partition = "month"
-detect_deletes = $1
+$1
 EOF
 }
-config false >"$WORK/off.toml"
-config true >"$WORK/on.toml"
+# The "off" config leaves the setting out, so that a binary from before it can
+# time the baseline (SLUICE_BIN=old ends at the first "on" run).
+config "" >"$WORK/off.toml"
+config "detect_deletes = true" >"$WORK/on.toml"
 
 run() {
   local label=$1 cfg=$2 start end
