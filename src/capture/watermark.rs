@@ -578,14 +578,13 @@ impl WatermarkRun<'_> {
             let Some(day) = parse_day(day_name) else {
                 continue;
             };
-            match (days.get(day_name), partition.key_print) {
-                (Some(files), _) => day_files.insert(day, paths(files)),
-                (None, Some(print)) => {
-                    cached.insert(day, print.into());
-                    day_files.insert(day, paths(&partition.files))
-                }
-                (None, None) => day_files.insert(day, paths(&partition.files)),
-            };
+            if days.contains_key(day_name) {
+                continue; // rewritten by this run: its files are below
+            }
+            if let Some(print) = partition.key_print {
+                cached.insert(day, print.into());
+            }
+            day_files.insert(day, paths(&partition.files));
         }
         for (day_name, files) in days.iter() {
             if let Some(day) = parse_day(day_name) {
