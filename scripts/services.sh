@@ -187,7 +187,11 @@ mongo_up() {
 # delayed ACK, ~40 ms on every request (strace: headers, then the body 42 ms
 # later). MinIO and S3 set TCP_NODELAY; so does the s3s-fs built here, from the
 # crate's source with one line added after `accept`.
-S3S_FS_BUILD=0.14.1-nodelay
+# Its recursive LIST also walks the whole bucket whatever the prefix, so a LIST
+# costs seconds once the tests have left tens of thousands of objects there (every
+# Delta table read lists its `_delta_log/`); the build here starts the walk at the
+# prefix's folder, as S3's index does.
+S3S_FS_BUILD=0.14.1-nodelay-prefixlist
 s3_up() {
   local bin="$TOOLS/bin/s3s-fs"
   if [[ ! -x $bin || $(cat "$TOOLS/s3s-fs.build" 2>/dev/null) != "$S3S_FS_BUILD" ]]; then
@@ -199,6 +203,9 @@ s3_up() {
     sed -i 's|^\( *\)let conn = http_server.serve_connection(TokioIo::new(socket)|\1let _ = socket.set_nodelay(true);\n&|' \
       "$src/src/main.rs"
     grep -q 'socket.set_nodelay(true)' "$src/src/main.rs" || die "patching s3s-fs (set_nodelay) failed"
+    perl -0pi -e 's/(async fn list_objects_recursive\(.*?\n\s*let mut dir_queue: VecDeque<PathBuf> = default\(\);\n)(\s*)dir_queue\.push_back\(bucket_root\.to_owned\(\)\);/$1$2let start = match prefix.rfind(\x27\/\x27) { Some(i) => bucket_root.join(&prefix[..i]), None => bucket_root.to_owned() };\n$2if !start.is_dir() { return Ok(()); }\n$2dir_queue.push_back(start);/s' \
+      "$src/src/s3.rs"
+    grep -q 'dir_queue.push_back(start)' "$src/src/s3.rs" || die "patching s3s-fs (LIST from the prefix) failed"
     CARGO_TARGET_DIR="$HOME/.cache/s3s-fs-build" cargo install --path "$src" --locked --force \
       --features binary --root "$TOOLS" >"$STATE/s3s-fs-install.log" 2>&1 || {
       tail -n 30 "$STATE/s3s-fs-install.log" >&2
