@@ -22,9 +22,12 @@ scripts/services.sh up
 
 # The readers of tests/interop.rs. DuckDB's httpfs comes as a wheel of DuckDB's own
 # version (DuckDB would download it from its extension server otherwise).
-python3 -c 'import duckdb, duckdb_extension_httpfs, pyarrow, polars; assert duckdb.__version__ == "1.5.5"' 2>/dev/null ||
+# Delta tables are read by DuckDB's delta extension (a wheel too) and the
+# `deltalake` package (pyarrow's and polars' Delta reader).
+python3 -c 'import duckdb, duckdb_extension_httpfs, duckdb_extension_delta, deltalake, pyarrow, polars; assert duckdb.__version__ == "1.5.5"' 2>/dev/null ||
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-    "duckdb==1.5.5" "duckdb-extension-httpfs==1.5.5" "pyarrow>=15" "polars>=1"
+    "duckdb==1.5.5" "duckdb-extension-httpfs==1.5.5" "duckdb-extension-delta==1.5.5" \
+    "deltalake>=1.1" "pyarrow>=15" "polars>=1"
 
 echo "== cargo fmt --check"
 cargo fmt --check

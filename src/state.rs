@@ -16,7 +16,7 @@ use crate::config::{CaptureConfig, CaptureMode, Config, TableConfig};
 use crate::error::{register_url_secret, Error, Result};
 use crate::lake::lock::{TableLock, LOCK_FILE};
 use crate::lake::manifest::Manifest;
-use crate::lake::{Lake, MANIFEST_FILE};
+use crate::lake::{Lake, DELTA_LOG};
 use crate::report::{bytes_text, days_text};
 use crate::source::sql::Dialect;
 
@@ -255,7 +255,7 @@ async fn reset_locked(config: &Config, lake: &Lake, t: &TableConfig) -> Result<R
             .await?
             .into_iter()
             .map(|(path, _)| path)
-            .filter(|p| p != LOCK_FILE && p != MANIFEST_FILE)
+            .filter(|p| p != LOCK_FILE && !p.starts_with(&format!("{DELTA_LOG}/")))
             .collect();
         lake.delete_files(&name, files.iter().map(String::as_str))
             .await?;

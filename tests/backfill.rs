@@ -129,16 +129,7 @@ impl Scenario {
     }
 
     async fn manifest(&self) -> serde_json::Value {
-        let store = s3_store();
-        let path =
-            object_store::path::Path::from(format!("{}/transactions/_manifest.json", self.name));
-        let bytes = object_store::ObjectStoreExt::get(&store, &path)
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        serde_json::from_slice(&bytes).unwrap()
+        s3_table_state(&self.name, "transactions").await
     }
 
     /// The lake and ClickHouse both hold exactly the source's rows, and the lake
@@ -181,14 +172,18 @@ impl Scenario {
             .values()
             .flat_map(|p| p["files"].as_array().unwrap().iter())
             .map(|f| format!("{prefix}/{}", f["path"].as_str().unwrap()))
+            .chain(s3_kept_files(&self.name, "transactions").await)
             .collect();
         let files: std::collections::BTreeSet<String> = list(&store, &prefix)
             .await
             .into_iter()
             .map(|(p, _)| p)
-            .filter(|p| p.ends_with(".parquet"))
+            .filter(|p| p.ends_with(".parquet") && !p.contains("/_delta_log/"))
             .collect();
-        assert_eq!(files, live, "Parquet files are the manifest's");
+        assert_eq!(
+            files, live,
+            "Parquet files are the live ones and those kept for time travel"
+        );
     }
 
     async fn drop(self) {

@@ -82,7 +82,7 @@ async fn missing_cursor_column_names_table_and_column() {
         "{line}"
     );
     assert!(
-        !lake.join("orders/_manifest.json").exists(),
+        !lake.join("orders/_delta_log").exists(),
         "nothing committed"
     );
     pg.drop().await;
@@ -106,7 +106,7 @@ async fn missing_source_table_names_it() {
         line.contains("table orders") && line.contains("no_such_table"),
         "{line}"
     );
-    assert!(!lake.join("orders/_manifest.json").exists());
+    assert!(!lake.join("orders/_delta_log").exists());
     pg.drop().await;
 }
 
@@ -234,21 +234,7 @@ partition_by = "created_at"
         f.stderr
     );
 
-    let store = s3_store();
-    let manifest_path = object_store::path::Path::from(format!("{name}/orders/_manifest.json"));
-    let manifest: serde_json::Value = {
-        use object_store::ObjectStoreExt;
-        serde_json::from_slice(
-            &store
-                .get(&manifest_path)
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap(),
-        )
-        .unwrap()
-    };
+    let manifest = s3_table_state(&name, "orders").await;
     assert!(
         manifest["watermark"].is_null(),
         "watermark must not advance: {manifest}"
@@ -318,10 +304,8 @@ async fn failing_table_stops_the_tables_after_it_not_the_one_beside_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(error_line(&stderr).contains("table broken"), "{stderr}");
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(lake.join("beside/_manifest.json")).expect("beside committed"),
-    )
-    .unwrap();
+    let manifest = table_state(lake.to_str().unwrap(), "beside").await;
+    assert!(!manifest.is_null(), "beside committed");
     let rows: u64 = manifest["partitions"]
         .as_object()
         .unwrap()

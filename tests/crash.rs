@@ -183,17 +183,17 @@ batch_rows = 100
 }
 
 /// The lake table under `prefix` has no day pending for ClickHouse, and its
-/// manifest lists exactly the Parquet objects in its folder (no stray file).
+/// live files plus the replaced files kept for time travel are exactly the
+/// Parquet objects in its folder (no stray file).
 async fn assert_lake_settled(
     store: &std::sync::Arc<dyn object_store::ObjectStore>,
     prefix: &str,
     case: &str,
 ) {
-    let manifest: serde_json::Value = {
-        use object_store::ObjectStoreExt;
-        let path = object_store::path::Path::from(format!("{prefix}/_manifest.json"));
-        serde_json::from_slice(&store.get(&path).await.unwrap().bytes().await.unwrap()).unwrap()
-    };
+    let (lake_prefix, table) = prefix.rsplit_once('/').unwrap();
+    let manifest = s3_table_state(lake_prefix, table).await;
+    // Files that commits replaced stay for time travel (`keep_versions_days`).
+    let kept = s3_kept_files(lake_prefix, table).await;
     assert!(
         manifest["pending_warehouse"].as_array().unwrap().is_empty(),
         "{case}: {prefix} has days pending for ClickHouse"
@@ -204,12 +204,13 @@ async fn assert_lake_settled(
         .values()
         .flat_map(|p| p["files"].as_array().unwrap().iter())
         .map(|f| format!("{prefix}/{}", f["path"].as_str().unwrap()))
+        .chain(kept)
         .collect();
     let present: BTreeSet<String> = list(store, prefix)
         .await
         .into_iter()
         .map(|(p, _)| p)
-        .filter(|p| p.ends_with(".parquet"))
+        .filter(|p| p.ends_with(".parquet") && !p.contains("/_delta_log/"))
         .collect();
     assert_eq!(
         live, present,
@@ -532,7 +533,7 @@ batch_rows = 7
                 _ => ("users_current", "snapshot_date"),
             };
             let rows: usize =
-                read_parquet_under(&store, &format!("{db}/{table}/{column}={today}/"))
+                read_parquet_under(&store, &format!("{db}/{table}/{column}_day={today}/"))
                     .await
                     .iter()
                     .map(|b| b.num_rows())

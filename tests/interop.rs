@@ -1,9 +1,12 @@
-//! Analysts' tools read the lake: DuckDB, pyarrow.dataset and polars, run by
-//! `tests/support/interop_check.py` the way the README tells analysts to, must
-//! return exactly the rows `sluice query` returns, from a local folder and from S3.
+//! Analysts' tools read the lake: DuckDB (`delta_scan`), pyarrow (through the
+//! `deltalake` package) and polars (`read_delta`) read each table as a Delta
+//! table, and all three also read a plain Parquet glob with Hive partitioning on,
+//! run by `tests/support/interop_check.py` the way the README tells analysts to.
+//! Each must return exactly the rows `sluice query` returns (timestamps
+//! included), from a local folder and from S3.
 //!
-//! Needs `python3` with duckdb, duckdb-extension-httpfs, pyarrow and polars
-//! (`scripts/test.sh` installs them).
+//! Needs `python3` with duckdb, duckdb-extension-httpfs, duckdb-extension-delta,
+//! deltalake, pyarrow and polars (`scripts/test.sh` installs them).
 
 mod common;
 
@@ -36,11 +39,13 @@ async fn seed(pg: &PgDb) {
     .await;
 }
 
-fn config(lake_url: &str, pg_url: &str) -> String {
+/// `keep_versions_days`: how long replaced files stay (for time travel).
+fn config(lake_url: &str, pg_url: &str, keep_versions_days: u32) -> String {
     format!(
         r#"
 [lake]
 url = "{lake_url}"
+keep_versions_days = {keep_versions_days}
 
 [sources.app]
 kind = "postgres"
@@ -86,12 +91,14 @@ fn sluice_rows(cfg: &Path) -> String {
     ])
 }
 
+const DELTA_READERS: [&str; 3] = ["duckdb_delta", "pyarrow_delta", "polars_delta"];
+
 const READERS: [&str; 6] = [
-    "duckdb_manifest",
+    "duckdb_delta",
     "duckdb_glob",
-    "pyarrow_manifest",
+    "pyarrow_delta",
     "pyarrow_glob",
-    "polars_manifest",
+    "polars_delta",
     "polars_glob",
 ];
 
@@ -110,12 +117,10 @@ fn python_rows(lake: &str, out: &Path) -> Vec<(String, String)> {
     .unwrap_or_else(|e| panic!("{python} (needed for the interop tests): {e}"));
     assert!(
         result.status.success(),
-        "{} failed (scripts/test.sh installs duckdb, duckdb-extension-httpfs, pyarrow and polars):\n{}",
+        "{} failed (scripts/test.sh installs duckdb, its httpfs and delta extensions, deltalake, pyarrow and polars):\n{}",
         script.display(),
         String::from_utf8_lossy(&result.stderr)
     );
-    let clash = std::fs::read_to_string(out.join("hive_clash.txt")).unwrap();
-    eprintln!("Hive partitioning on sluice's folders:\n{clash}");
     READERS
         .iter()
         .map(|r| {
@@ -142,9 +147,10 @@ async fn local_lake() {
     let pg = PgDb::create(&name).await;
     seed(&pg).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(&dir, &config("lake", &pg.url));
+    let cfg = write_config(&dir, &config("lake", &pg.url, 7));
     run_ok(&["run", "--config", cfg.to_str().unwrap()]);
-    // A second run with updated rows rewrites two days copy-on-write.
+    // A second run with updated rows rewrites two days copy-on-write; the
+    // replaced files stay for time travel.
     pg.exec(
         "UPDATE transactions SET amount = amount + 1000, status = 'REFUNDED',
                 updated_at = updated_at + interval '1 day'
@@ -159,39 +165,33 @@ async fn local_lake() {
     assert!(expected.contains(",REFUNDED,"), "{expected}");
     let lake = dir.path().join("lake");
     let got = python_rows(lake.to_str().unwrap(), &dir.path().join("py1"));
-    assert_all_equal(&expected, &got, &READERS);
+    assert_all_equal(&expected, &got, &DELTA_READERS);
+    for (reader, text) in &got {
+        if reader.ends_with("_glob") {
+            assert!(
+                text.lines().count() > expected.lines().count(),
+                "{reader} should also read the replaced files kept for time travel"
+            );
+        }
+    }
 
-    // A file that is not in the manifest (a run that died before its commit
-    // leaves such files until the next run): the manifest readers and sluice do
-    // not see it; a plain glob does, which is why the README recommends the
-    // manifest's file list.
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(lake.join("transactions/_manifest.json")).unwrap())
-            .unwrap();
+    // A file that no commit lists (a run that died before its commit leaves
+    // such files until the next run): the Delta readers and sluice do not see
+    // it; a plain glob does, which is why the README recommends reading the
+    // Delta table.
+    let manifest = table_state(lake.to_str().unwrap(), "transactions").await;
     let live = manifest["partitions"]["2026-11-24"]["files"][0]["path"]
         .as_str()
         .unwrap();
     let table_dir = lake.join("transactions");
     std::fs::copy(
         table_dir.join(live),
-        table_dir.join("created_at=2026-11-24/part-orphan-00000.parquet"),
+        table_dir.join("created_at_day=2026-11-24/part-orphan-00000.parquet"),
     )
     .unwrap();
     assert_eq!(sluice_rows(&cfg), expected);
     let got = python_rows(lake.to_str().unwrap(), &dir.path().join("py2"));
-    assert_all_equal(
-        &expected,
-        &got,
-        &["duckdb_manifest", "pyarrow_manifest", "polars_manifest"],
-    );
-    for (reader, text) in &got {
-        if reader.ends_with("_glob") {
-            assert!(
-                text.lines().count() > expected.lines().count(),
-                "{reader} should also read the orphan file"
-            );
-        }
-    }
+    assert_all_equal(&expected, &got, &DELTA_READERS);
 
     pg.drop().await;
 }
@@ -203,13 +203,58 @@ async fn s3_lake() {
     seed(&pg).await;
     let dir = tempfile::tempdir().unwrap();
     let lake_url = format!("s3://{}/{name}", s3_bucket());
-    let cfg = write_config(&dir, &config(&lake_url, &pg.url));
+    // No history kept: replaced files go right after the commit, so a plain
+    // glob reads the table too.
+    let cfg = write_config(&dir, &config(&lake_url, &pg.url, 0));
+    run_ok(&["run", "--config", cfg.to_str().unwrap()]);
+    pg.exec(
+        "UPDATE transactions SET amount = amount + 1000, status = 'REFUNDED',
+                updated_at = updated_at + interval '1 day'
+         WHERE id IN (3, 40)",
+    )
+    .await;
     run_ok(&["run", "--config", cfg.to_str().unwrap()]);
 
     let expected = sluice_rows(&cfg);
     assert_eq!(expected.lines().count(), 61, "{expected}");
+    assert!(expected.contains(",REFUNDED,"), "{expected}");
     let got = python_rows(&lake_url, &dir.path().join("py"));
     assert_all_equal(&expected, &got, &READERS);
+
+    // ClickHouse reads the Delta table in place: the same rows, timestamps to
+    // the microsecond, the day column included.
+    let env: std::collections::HashMap<_, _> = s3_env().into_iter().collect();
+    let delta = format!(
+        "deltaLake('{endpoint}/{bucket}/{name}/transactions/', '{key}', '{secret}')",
+        endpoint = clickhouse_s3_endpoint(),
+        bucket = s3_bucket(),
+        key = env["AWS_ACCESS_KEY_ID"],
+        secret = env["AWS_SECRET_ACCESS_KEY"],
+    );
+    let in_clickhouse = ch_lines(&format!(
+        "SELECT count(), toInt64(sum(amount) * 100), countIf(status IS NULL), \
+         sum(toUnixTimestamp64Micro(created_at)), sum(toUInt32(created_at_day)) FROM {delta}"
+    ))
+    .await;
+    let in_sluice = run_ok(&[
+        "query",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--format",
+        "csv",
+        "SELECT count(*), CAST(sum(amount) * 100 AS BIGINT), sum(CASE WHEN status IS NULL THEN 1 ELSE 0 END), \
+         sum(CAST(created_at AS BIGINT)), sum(CAST(created_at_day AS INT)) FROM transactions",
+    ]);
+    assert_eq!(
+        in_clickhouse.join("\n"),
+        in_sluice
+            .lines()
+            .skip(1)
+            .map(|l| l.replace(',', "|"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        "ClickHouse deltaLake() vs sluice query"
+    );
 
     pg.drop().await;
 }

@@ -1,9 +1,10 @@
-//! A lake commit cannot clobber: the manifest is replaced only if it is still the
-//! version the writer read. A writer whose table lock was bypassed (here: the
-//! library, which takes no lock) and that read the table before another run
-//! committed gets `Error::CommitConflict` (exit code 7), and the manifest stays
-//! the other run's. Checked on a local-folder lake (flock + compare) and on S3
-//! (`If-Match` / `If-None-Match`), and against a real `sluice run`.
+//! A lake commit cannot clobber: a commit creates the next version of the
+//! table's Delta log only if no other writer created it since the version it
+//! read. A writer whose table lock was bypassed (here: the library, which takes
+//! no lock) and that read the table before another run committed gets
+//! `Error::CommitConflict` (exit code 7), and the table stays the other run's.
+//! Checked on a local-folder lake (no-replace rename) and on S3
+//! (`If-None-Match: *`), and against a real `sluice run`.
 
 mod common;
 
@@ -133,22 +134,14 @@ partition_by = "created_at"
     pg.exec("INSERT INTO events SELECT g, now(), now() + interval '1 minute' FROM generate_series(101, 150) g")
         .await;
     sluice_run_ok(&config);
-    let committed = lake.store().clone();
-    let after_run = {
-        use object_store::ObjectStoreExt;
-        let path = object_store::path::Path::from(format!("{name}/events/_manifest.json"));
-        committed.get(&path).await.unwrap().bytes().await.unwrap()
-    };
+    let after_run = s3_table_state(&name, "events").await;
     stale.version += 1;
     stale.partitions.clear();
     let err = lake.write_manifest(&stale).await.unwrap_err();
     assert!(matches!(err, sluice::Error::CommitConflict { .. }), "{err}");
-    let now = {
-        use object_store::ObjectStoreExt;
-        let path = object_store::path::Path::from(format!("{name}/events/_manifest.json"));
-        committed.get(&path).await.unwrap().bytes().await.unwrap()
-    };
-    assert_eq!(now, after_run, "the run's manifest stays");
+    let now = s3_table_state(&name, "events").await;
+    assert_eq!(now["version"], after_run["version"]);
+    assert_eq!(now, after_run, "the run's commit stays");
     let rows = ch_lines(&format!("SELECT count() FROM `{name}`.events")).await;
     assert_eq!(rows, vec!["150"]);
     // The staging twins live in a database of their own, dropped after the load.

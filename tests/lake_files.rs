@@ -46,6 +46,8 @@ fn config(pg_url: &str) -> String {
 url = "lake"
 target_file_bytes = 1048576
 row_group_rows = 20000
+# The day's folder holds only the live files: no replaced file kept.
+keep_versions_days = 0
 
 [sources.app]
 kind = "postgres"
@@ -145,7 +147,7 @@ async fn file_sizes_order_and_metadata() {
     tokio::task::block_in_place(|| sluice_run_ok(&cfg));
     let table = dir.path().join("lake/events");
 
-    let big = files_of(&table.join("created_at=2026-11-24"));
+    let big = files_of(&table.join("created_at_day=2026-11-24"));
     assert!(big.len() >= 3, "a big day is several files: {big:?}");
     let mut big_rows = 0;
     for file in &big {
@@ -157,7 +159,7 @@ async fn file_sizes_order_and_metadata() {
     }
     assert_eq!(big_rows as i64, BIG);
 
-    let small = files_of(&table.join("created_at=2026-11-25"));
+    let small = files_of(&table.join("created_at_day=2026-11-25"));
     assert_eq!(small.len(), 1, "a small day is one file: {small:?}");
     assert_eq!(check_file(&small[0]), 50);
 
@@ -165,7 +167,7 @@ async fn file_sizes_order_and_metadata() {
     pg.exec("UPDATE events SET payload = 'changed', updated_at = now() WHERE id IN (3, 120007)")
         .await;
     tokio::task::block_in_place(|| sluice_run_ok(&cfg));
-    let small = files_of(&table.join("created_at=2026-11-25"));
+    let small = files_of(&table.join("created_at_day=2026-11-25"));
     assert_eq!(small.len(), 1, "{small:?}");
     assert_eq!(check_file(&small[0]), 50);
 

@@ -14,6 +14,7 @@ fn local_lake(dir: &Path) -> Lake {
         url: dir.join("lake").display().to_string(),
         target_file_bytes: 1 << 20,
         row_group_rows: 1024,
+        keep_versions_days: 7,
     };
     Lake::open(&config, dir).unwrap()
 }

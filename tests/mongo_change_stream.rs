@@ -12,7 +12,7 @@ use arrow::datatypes::{UInt64Type, UInt8Type};
 use common::*;
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::ObjectStoreExt;
 
 async fn collection(db: &str) -> mongodb::Collection<Document> {
     let client = mongodb::Client::with_uri_str(mongo_url(db))
@@ -238,9 +238,7 @@ batch_rows = 3
     }
 
     async fn manifest(&self) -> serde_json::Value {
-        let path = ObjectPath::from(format!("{}/users/_manifest.json", self.prefix));
-        let bytes = s3_store().get(&path).await.unwrap().bytes().await.unwrap();
-        serde_json::from_slice(&bytes).unwrap()
+        s3_table_state(&self.prefix, "users").await
     }
 
     /// The source, the lake and ClickHouse all hold the same current state, and
@@ -536,20 +534,19 @@ async fn expired_resume_token_asks_for_a_reset_and_full_refresh_recovers() {
     s.run_ok().await;
     s.assert_converged(4).await;
 
-    // The oplog rolls over past the stored position.
-    let mut manifest = s.manifest().await;
-    let token = manifest["change_stream"]["resume_token"]["_data"]
+    // The oplog rolls over past the stored position: the table's committed
+    // position is replaced by one the server no longer has.
+    let lake = open_lake(&format!("s3://{}/{}", s3_bucket(), s.prefix));
+    let mut state = lake.read_manifest("users").await.unwrap().unwrap();
+    let mut position = serde_json::to_value(&state.change_stream).unwrap();
+    let token = position["resume_token"]["_data"]
         .as_str()
         .expect("a resume token after the first run")
         .to_string();
-    manifest["change_stream"]["resume_token"]["_data"] = expired(&token).into();
-    s3_store()
-        .put(
-            &ObjectPath::from(format!("{}/users/_manifest.json", s.prefix)),
-            PutPayload::from(serde_json::to_vec(&manifest).unwrap()),
-        )
-        .await
-        .unwrap();
+    position["resume_token"]["_data"] = expired(&token).into();
+    state.change_stream = serde_json::from_value(position).unwrap();
+    state.version += 1;
+    lake.write_manifest(&state).await.unwrap();
     // Meanwhile a document is deleted: its delete event is among the lost history.
     s.coll.delete_one(doc! { "_id": oid(2) }).await.unwrap();
 

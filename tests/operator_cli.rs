@@ -80,8 +80,7 @@ fn code(args: &[&str]) -> (i32, String) {
 }
 
 fn manifest(lake: &Path) -> serde_json::Value {
-    let bytes = std::fs::read(lake.join("transactions/_manifest.json")).unwrap();
-    serde_json::from_slice(&bytes).unwrap()
+    table_state_blocking(lake.to_str().unwrap(), "transactions")
 }
 
 fn parquet_files(lake: &Path) -> usize {

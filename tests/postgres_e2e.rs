@@ -209,17 +209,7 @@ async fn first_load_incremental_and_noop_rerun() {
 }
 
 async fn read_manifest(prefix: &str) -> serde_json::Value {
-    use object_store::ObjectStoreExt;
-    let bytes = s3_store()
-        .get(&object_store::path::Path::from(format!(
-            "{prefix}/transactions/_manifest.json"
-        )))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
+    s3_table_state(prefix, "transactions").await
 }
 
 /// `clickhouse_partition = "month"` on a watermark table: ClickHouse holds one

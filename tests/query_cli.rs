@@ -119,7 +119,7 @@ fn assert_query_error(out: &Output, expected: &str) {
     );
 }
 
-/// The days of the files in the physical plan of `sql` (`created_at=DAY/…`).
+/// The days of the files in the physical plan of `sql` (`created_at_day=DAY/…`).
 fn scanned_days(cfg: &Path, sql: &str) -> Vec<String> {
     let plan = csv(cfg, &format!("EXPLAIN {sql}"));
     let physical = plan
@@ -127,7 +127,7 @@ fn scanned_days(cfg: &Path, sql: &str) -> Vec<String> {
         .nth(1)
         .unwrap_or_else(|| panic!("no physical plan in {plan}"));
     let mut days: Vec<String> = physical
-        .split("created_at=")
+        .split("created_at_day=")
         .skip(1)
         .map(|rest| rest[..10].to_string())
         .collect();
@@ -174,8 +174,7 @@ async fn local_lake() {
     let cfg = write_config(&dir, &config("lake", &pg.url));
     load_transactions(&cfg);
     let table_dir = dir.path().join("lake/transactions");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(table_dir.join("_manifest.json")).unwrap()).unwrap();
+    let manifest = table_state(dir.path().join("lake").to_str().unwrap(), "transactions").await;
 
     // Counts and sums, overall and per partition day.
     assert_eq!(
@@ -241,20 +240,20 @@ async fn local_lake() {
         "the join is not built on the one-day side:\n{physical}"
     );
 
-    // Files not in the manifest are invisible: a copy of a live file in its
+    // Files no commit lists are invisible: a copy of a live file in its
     // partition folder, and one in a folder of a day that was never committed.
     let live = manifest["partitions"]["2026-11-24"]["files"][0]["path"]
         .as_str()
         .unwrap();
     std::fs::copy(
         table_dir.join(live),
-        table_dir.join("created_at=2026-11-24/part-orphan-00000.parquet"),
+        table_dir.join("created_at_day=2026-11-24/part-orphan-00000.parquet"),
     )
     .unwrap();
-    std::fs::create_dir_all(table_dir.join("created_at=2026-11-30")).unwrap();
+    std::fs::create_dir_all(table_dir.join("created_at_day=2026-11-30")).unwrap();
     std::fs::copy(
         table_dir.join(live),
-        table_dir.join("created_at=2026-11-30/part-orphan-00000.parquet"),
+        table_dir.join("created_at_day=2026-11-30/part-orphan-00000.parquet"),
     )
     .unwrap();
     assert_eq!(csv(&cfg, PER_DAY), PER_DAY_CSV);
@@ -339,18 +338,7 @@ async fn s3_lake() {
     load_transactions(&cfg);
     let store = s3_store();
     let table_prefix = format!("{name}/transactions");
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &store
-            .get(&object_store::path::Path::from(format!(
-                "{table_prefix}/_manifest.json"
-            )))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let manifest = s3_table_state(&name, "transactions").await;
 
     assert_eq!(csv(&cfg, PER_DAY), PER_DAY_CSV);
     assert_eq!(csv(&cfg, ONE_DAY), "n\n16\n");
@@ -375,7 +363,7 @@ async fn s3_lake() {
     store
         .put(
             &object_store::path::Path::from(format!(
-                "{table_prefix}/created_at=2026-11-24/part-orphan-00000.parquet"
+                "{table_prefix}/created_at_day=2026-11-24/part-orphan-00000.parquet"
             )),
             bytes.into(),
         )

@@ -144,12 +144,7 @@ partition_by = "created_at"
     assert!(ch_columns(&name)
         .await
         .contains(&"price|Nullable(Float64)".to_string()));
-    let manifest: serde_json::Value = {
-        use object_store::ObjectStoreExt;
-        let path = object_store::path::Path::from(format!("{name}/items/_manifest.json"));
-        serde_json::from_slice(&s3_store().get(&path).await.unwrap().bytes().await.unwrap())
-            .unwrap()
-    };
+    let manifest = s3_table_state(&name, "items").await;
     assert_eq!(manifest["schema_version"], 3, "{manifest}");
     assert_eq!(manifest["schema_history"].as_array().unwrap().len(), 3);
 

@@ -412,14 +412,10 @@ batch_rows = 1000
         .collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains("table events: source"), "{stderr}");
-    {
-        use object_store::ObjectStoreExt;
-        let manifest = object_store::path::Path::from(format!("{name}/events/_manifest.json"));
-        assert!(
-            s3_store().head(&manifest).await.is_err(),
-            "nothing committed"
-        );
-    }
+    assert!(
+        s3_table_state(&name, "events").await.is_null(),
+        "nothing committed"
+    );
     let cfg2 = cfg.clone();
     tokio::task::spawn_blocking(move || sluice_run_ok(&cfg2))
         .await

@@ -140,18 +140,7 @@ impl Run {
     }
 
     async fn manifest(&self) -> serde_json::Value {
-        use object_store::ObjectStoreExt;
-        let bytes = s3_store()
-            .get(&object_store::path::Path::from(format!(
-                "{}/items/_manifest.json",
-                self.prefix
-            )))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        serde_json::from_slice(&bytes).unwrap()
+        s3_table_state(&self.prefix, "items").await
     }
 
     /// The source's `id|note` rows (already sorted by id) equal ClickHouse's

@@ -535,7 +535,7 @@ impl StreamRun<'_> {
     }
 
     fn open_day(&mut self, day: i32, schema: &SchemaRef) -> DayWriter {
-        let rel = format!("{CHANGE_DATE}={}", day_string(day));
+        let rel = crate::lake::delta::partition_folder(CHANGE_DATE, &day_string(day));
         let dir = self.lake.path(&format!("{}/{rel}", self.name()));
         let roller = FileRoller::new(
             self.lake,

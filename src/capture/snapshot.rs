@@ -42,6 +42,7 @@ use super::{
 };
 use crate::config::{CaptureMode, MongoConfig, TableConfig};
 use crate::error::{Error, Result};
+use crate::lake::join;
 use crate::lake::manifest::Manifest;
 use crate::lake::writer::{day_string, parse_day, FileRoller};
 use crate::lake::Lake;
@@ -299,7 +300,7 @@ impl SnapshotRun<'_> {
     }
 
     fn roller(&self, table: &str, column: &str, schema: &SchemaRef, seq: usize) -> FileRoller {
-        let rel = format!("{column}={}", day_string(self.day));
+        let rel = crate::lake::delta::partition_folder(column, &day_string(self.day));
         let dir = self.lake.path(&format!("{table}/{rel}"));
         FileRoller::new(
             self.lake,
@@ -512,10 +513,4 @@ impl SnapshotRun<'_> {
             warnings: Vec::new(),
         })
     }
-}
-
-fn join(base: &object_store::path::Path, relative: &str) -> object_store::path::Path {
-    relative
-        .split('/')
-        .fold(base.clone(), |p, part| p.join(part))
 }

@@ -31,6 +31,7 @@ use super::{
 use crate::config::{Config, TableConfig, WatermarkConfig};
 use crate::error::{Error, Result};
 use crate::fault;
+use crate::lake::join;
 use crate::lake::manifest::{FileEntry, Manifest};
 use crate::lake::schema::{self, SchemaChange};
 use crate::lake::writer::{day_string, parse_day, split_by_day, FileRoller};
@@ -766,7 +767,7 @@ impl WatermarkRun<'_> {
     }
 
     fn day_dir(&self, day: i32) -> String {
-        format!("{}={}", self.settings.partition_by, day_string(day))
+        crate::lake::delta::partition_folder(&self.settings.partition_by, &day_string(day))
     }
 
     /// A day's files are sorted by the key within each row group.
@@ -834,12 +835,6 @@ impl WatermarkRun<'_> {
     fn staging_dir(&self) -> String {
         format!("_sluice/staging/{}/{}", self.table.name, self.run_id)
     }
-}
-
-fn join(base: &object_store::path::Path, relative: &str) -> object_store::path::Path {
-    relative
-        .split('/')
-        .fold(base.clone(), |p, part| p.join(part))
 }
 
 fn describe_evolution(

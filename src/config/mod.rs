@@ -60,6 +60,15 @@ pub struct LakeConfig {
     /// Rows per Parquet row group.
     #[serde(default = "default_row_group_rows")]
     pub row_group_rows: usize,
+    /// Days a file that a commit replaced stays in the lake, so that older
+    /// versions of the table can still be read (`sluice query --as-of`, a Delta
+    /// reader's time travel); 0 deletes it right after the commit.
+    #[serde(default = "default_keep_versions_days")]
+    pub keep_versions_days: u32,
+}
+
+fn default_keep_versions_days() -> u32 {
+    7
 }
 
 fn default_target_file_bytes() -> usize {

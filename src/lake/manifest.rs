@@ -1,9 +1,9 @@
-//! The per-table manifest: which files are live, their row counts, the schema and
-//! the capture state. Plain JSON at `<table>/_manifest.json`, readable without sluice.
+//! The state of one lake table as sluice works with it: which files are live,
+//! their row counts, the schema and the capture position.
 //!
-//! The manifest is the commit point of the lake. It is replaced with a single PUT
-//! (atomic on S3 and, through a rename, on a local folder), so a reader sees either
-//! the old set of files or the new one, never a half-written partition.
+//! It is kept in the table's Delta log (`delta.rs`): the files as `add`/`remove`
+//! actions, the rest in the `commitInfo` of the same commit. Before the lake was
+//! a Delta Lake it was the JSON file `<table>/_manifest.json` itself (format 1).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::capture::position::StreamPosition;
 use crate::capture::position::{CursorValue, SeenRow};
 
-/// Version of this file's layout.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of this state's layout: 2 since it lives in a Delta log.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The state of one lake table.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -40,6 +40,7 @@ pub struct Manifest {
     #[serde(default)]
     pub schema_history: Vec<SchemaVersion>,
     /// Live files by partition day (`YYYY-MM-DD`).
+    #[serde(default)]
     pub partitions: BTreeMap<String, PartitionEntry>,
     /// Capture position: the largest cursor value loaded into the warehouse (or into
     /// the lake when there is no warehouse).

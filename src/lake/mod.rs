@@ -1,33 +1,33 @@
 //! The lake: date-partitioned Parquet on an object store (S3 or a local folder),
-//! with a manifest per table as the commit point and the pipeline state beside the
-//! data, so that any machine can continue the job.
+//! every table a Delta table whose log holds the pipeline state beside the data,
+//! so that any machine can continue the job and any Delta reader can read it.
 //!
 //! Layout under the lake root:
 //!
 //! ```text
-//! <table>/_manifest.json                          live files, schema, watermark
-//! <table>/<partition_col>=YYYY-MM-DD/part-*.parquet
+//! <table>/_delta_log/00000000000000000007.json    one commit: files, schema, position
+//! <table>/<partition_col>_day=YYYY-MM-DD/part-*.parquet
 //! _sluice/staging/<table>/<run_id>/…              changed rows awaiting a merge
 //! _sluice/runs/<run_id>.json                      run reports
-//! _sluice/commit-locks/<table>.lock               local folder lakes: the commit's flock
 //! ```
 //!
-//! **Commits cannot clobber.** A table's manifest is replaced only if it is still
-//! the version this process read ([`Lake::read_manifest`] remembers the ETag it
-//! got; [`Lake::write_manifest`] makes the PUT conditional on it: `If-Match` on
-//! S3, `If-None-Match: *` for a table's first commit). A writer that lost the race
+//! **Commits cannot clobber.** A commit creates the next version of the table's
+//! log only if it does not exist yet (see `delta.rs`): a writer that lost the race
 //! — another run committed in between, say with the table lock bypassed or
-//! expired — gets [`Error::CommitConflict`] and changes nothing. A local folder
-//! has no conditional replace in `object_store`; there the compare and the rename
-//! run under an exclusive `flock` of a file of the lake's own, so two processes
-//! on the host cannot both replace the same version.
+//! expired — gets [`Error::CommitConflict`] and changes nothing.
+//!
+//! A table written before the lake was a Delta Lake (`<table>/_manifest.json`) is
+//! read as it is, and converted in place by its next commit, which creates the
+//! Delta table with every live file (the files stay where they are) and the
+//! manifest's position; the manifest is deleted after it.
 
+pub mod delta;
 pub mod lock;
 pub mod manifest;
 pub mod schema;
 pub mod writer;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path as FsPath;
 use std::sync::{Arc, Mutex};
 
@@ -39,7 +39,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
@@ -48,10 +48,16 @@ use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
 use crate::config::LakeConfig;
 use crate::error::{Error, Result};
+pub use delta::At;
+use delta::Committed;
 use manifest::Manifest;
 
-/// Name of the manifest object inside a table folder.
-pub const MANIFEST_FILE: &str = "_manifest.json";
+/// The folder of a table's Delta log.
+pub const DELTA_LOG: &str = "_delta_log";
+
+/// The commit point of a table before the lake was a Delta Lake: read once, to
+/// convert the table (see [`Lake::read_manifest`]).
+pub const LEGACY_MANIFEST_FILE: &str = "_manifest.json";
 
 /// Where the lake is, for tools outside sluice (ClickHouse's `s3()`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,30 +90,12 @@ pub struct Lake {
     location: LakeLocation,
     pub target_file_bytes: usize,
     pub row_group_rows: usize,
-    /// The manifest version this process last read or wrote, per table: what the
-    /// next commit of that table must replace.
-    versions: Arc<Mutex<HashMap<String, ManifestVersion>>>,
-}
-
-/// The version of a table's manifest a commit expects to replace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum ManifestVersion {
-    /// The table had no manifest: the commit creates it.
-    Absent,
-    /// The manifest as read, identified by the store's ETag / version.
-    Read(UpdateVersion),
-}
-
-impl ManifestVersion {
-    fn describe(&self) -> String {
-        match self {
-            ManifestVersion::Absent => "no manifest yet".into(),
-            ManifestVersion::Read(v) => format!(
-                "ETag {}",
-                v.e_tag.as_deref().or(v.version.as_deref()).unwrap_or("?")
-            ),
-        }
-    }
+    /// Days the files that a commit removed stay readable (time travel), see
+    /// [`Lake::vacuum`].
+    pub keep_versions_days: u32,
+    /// The Delta version this process last read or wrote, per table: what the
+    /// next commit of that table follows.
+    versions: Arc<Mutex<HashMap<String, Committed>>>,
 }
 
 impl Lake {
@@ -166,6 +154,7 @@ impl Lake {
             location,
             target_file_bytes: config.target_file_bytes,
             row_group_rows: config.row_group_rows,
+            keep_versions_days: config.keep_versions_days,
             versions: Arc::default(),
         })
     }
@@ -180,11 +169,7 @@ impl Lake {
 
     /// `relative` (slash-separated) under the lake root.
     pub fn path(&self, relative: &str) -> Path {
-        let mut path = self.root.clone();
-        for part in relative.split('/').filter(|p| !p.is_empty()) {
-            path = path.join(part);
-        }
-        path
+        join(&self.root, relative)
     }
 
     /// The folder of `table`.
@@ -192,48 +177,145 @@ impl Lake {
         self.path(table)
     }
 
-    /// Reads the manifest of `table`, or `None` for a table never committed. The
-    /// version read is what this process's next commit of `table` replaces.
+    /// The Delta log store of `table` and the table's URL.
+    fn delta_log(&self, table: &str) -> Result<(deltalake_core::logstore::LogStoreRef, url::Url)> {
+        let bad = |e: String| Error::lake(format!("table {table}: its location: {e}"));
+        // The URL first, segment by segment from the raw names: the Delta kernel
+        // finds the log from the URL, so the log store's own prefix is derived
+        // from it the kernel's way (`Path::from_url_path`), whatever characters
+        // the table's name has.
+        let (root, mut url): (Arc<dyn ObjectStore>, url::Url) = match &self.location {
+            LakeLocation::S3 { bucket, .. } => (
+                Arc::clone(&self.store),
+                url::Url::parse(&format!("s3://{bucket}/")).map_err(|e| bad(e.to_string()))?,
+            ),
+            LakeLocation::Local { root } => (
+                Arc::new(LocalFileSystem::new()),
+                url::Url::from_directory_path(root)
+                    .map_err(|()| bad(format!("{} is not an absolute path", root.display())))?,
+            ),
+        };
+        {
+            let mut segments = url
+                .path_segments_mut()
+                .map_err(|()| bad("not a hierarchical URL".into()))?;
+            segments.pop_if_empty();
+            for part in self.table_path(table).parts() {
+                segments.push(part.as_ref());
+            }
+            segments.push("");
+        }
+        let path = Path::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
+        Ok((delta::log_store(root, &path, &url), url))
+    }
+
+    /// Reads the committed state of `table` (its Delta log's latest version), or
+    /// `None` for a table never committed. The version read is what this
+    /// process's next commit of `table` follows.
     pub async fn read_manifest(&self, table: &str) -> Result<Option<Manifest>> {
-        let path = self.table_path(table).join(MANIFEST_FILE);
+        let (log, _) = self.delta_log(table)?;
+        if !delta::exists(&log, table).await? {
+            // A table of the manifest format is read as it is; its next commit
+            // creates the Delta table (see `write_manifest`).
+            let legacy = self.read_legacy_manifest(table).await?;
+            let committed = match legacy {
+                Some(_) => Committed::Legacy,
+                None => Committed::Absent,
+            };
+            self.remember(table, committed);
+            return Ok(legacy);
+        }
+        let log_dir = self.table_path(table).join(DELTA_LOG);
+        let (manifest, snapshot) =
+            delta::read(log, &self.store, &log_dir, table, At::Latest).await?;
+        self.remember(table, Committed::Table(Box::new(snapshot)));
+        Ok(Some(manifest))
+    }
+
+    /// Reads `table` as of an older version (time travel), or `None` when the
+    /// table has no Delta log (it then has no history). Nothing is remembered:
+    /// no commit follows such a read.
+    pub async fn read_manifest_at(&self, table: &str, at: At) -> Result<Option<Manifest>> {
+        let (log, _) = self.delta_log(table)?;
+        if !delta::exists(&log, table).await? {
+            return Ok(None);
+        }
+        let log_dir = self.table_path(table).join(DELTA_LOG);
+        let (manifest, _) = delta::read(log, &self.store, &log_dir, table, at).await?;
+        Ok(Some(manifest))
+    }
+
+    /// The files that commits of `table` removed and that are kept for reading
+    /// older versions: path (relative to the table) → when removed (ms since the
+    /// epoch). Of the version last read or written.
+    pub async fn removed_files(&self, table: &str) -> Result<BTreeMap<String, i64>> {
+        let committed = self
+            .versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(table)
+            .cloned();
+        match committed {
+            Some(Committed::Table(snapshot)) => {
+                let (log, _) = self.delta_log(table)?;
+                delta::removed(&log, &snapshot, table).await
+            }
+            _ => Ok(BTreeMap::new()),
+        }
+    }
+
+    /// Deletes the removed files of `table` whose removal is older than
+    /// `keep_versions_days` (all of them with 0): the versions that listed
+    /// them can no longer be read. Returns how many were deleted.
+    pub async fn vacuum(&self, table: &str) -> Result<usize> {
+        let cutoff =
+            chrono::Utc::now().timestamp_millis() - i64::from(self.keep_versions_days) * 86_400_000;
+        let expired: Vec<String> = self
+            .removed_files(table)
+            .await?
+            .into_iter()
+            .filter(|(_, removed_at)| self.keep_versions_days == 0 || *removed_at < cutoff)
+            .map(|(path, _)| path)
+            .collect();
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        tracing::debug!(table, files = expired.len(), "Vacuuming removed files.");
+        self.delete_files(table, expired.iter().map(String::as_str))
+            .await
+    }
+
+    /// The `_manifest.json` of a table written before the lake was a Delta Lake.
+    async fn read_legacy_manifest(&self, table: &str) -> Result<Option<Manifest>> {
+        let path = self.table_path(table).join(LEGACY_MANIFEST_FILE);
         match self.store.get(&path).await {
             Ok(result) => {
-                let version = UpdateVersion {
-                    e_tag: result.meta.e_tag.clone(),
-                    version: result.meta.version.clone(),
-                };
                 let bytes = result
                     .bytes()
                     .await
                     .map_err(|e| Error::store(format!("reading {path}"), e))?;
-                let manifest = serde_json::from_slice(&bytes)
-                    .map_err(|e| Error::lake(format!("{path} is not a sluice manifest: {e}")))?;
-                self.remember(table, ManifestVersion::Read(version));
-                Ok(Some(manifest))
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| Error::lake(format!("{path} is not a sluice manifest: {e}")))
             }
-            Err(object_store::Error::NotFound { .. }) => {
-                self.remember(table, ManifestVersion::Absent);
-                Ok(None)
-            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(Error::store(format!("reading {path}"), e)),
         }
     }
 
-    fn remember(&self, table: &str, version: ManifestVersion) {
+    fn remember(&self, table: &str, version: Committed) {
         self.versions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(table.to_string(), version);
     }
 
-    /// Replaces the manifest of its table in one conditional PUT: the lake's
-    /// commit point. It succeeds only if the manifest is still the version this
-    /// process read (see the module doc); otherwise [`Error::CommitConflict`].
+    /// Commits `manifest` as the next version of its table's Delta log: the
+    /// lake's commit point. It succeeds only if no other commit came after the
+    /// version this process read (see `delta.rs`); otherwise
+    /// [`Error::CommitConflict`].
     pub async fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
         let table = manifest.table.as_str();
-        let path = self.table_path(table).join(MANIFEST_FILE);
-        let json = serde_json::to_vec_pretty(manifest)
-            .map_err(|e| Error::lake(format!("encoding manifest: {e}")))?;
         let expected = self
             .versions
             .lock()
@@ -242,139 +324,60 @@ impl Lake {
             .cloned()
             .ok_or_else(|| {
                 Error::lake(format!(
-                    "committing {path}: the table's manifest was not read first (a bug in sluice)"
+                    "committing {table}: the table's state was not read first (a bug in sluice)"
                 ))
             })?;
-        let written = match &self.location {
-            LakeLocation::S3 { .. } => {
-                let mode = match &expected {
-                    ManifestVersion::Absent => PutMode::Create,
-                    ManifestVersion::Read(v) => PutMode::Update(v.clone()),
-                };
-                self.store
-                    .put_opts(&path, PutPayload::from(json), PutOptions::from(mode))
-                    .await
-                    .map(UpdateVersion::from)
+        let (log, url) = self.delta_log(table)?;
+        let log_dir = self.table_path(table).join(DELTA_LOG);
+        let snapshot = delta::commit(
+            log,
+            &url,
+            (&self.store, &log_dir),
+            &expected,
+            manifest,
+            self.keep_versions_days,
+        )
+        .await?;
+        self.remember(table, Committed::Table(Box::new(snapshot)));
+        if matches!(expected, Committed::Legacy) {
+            // The table's first Delta commit listed every live file of the
+            // manifest: the conversion is done, the manifest goes.
+            let path = self.table_path(table).join(LEGACY_MANIFEST_FILE);
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::store(format!("deleting {path}"), e)),
             }
-            LakeLocation::Local { root } => {
-                self.write_local(root, table, &path, json, &expected)
-                    .await?
-            }
-        };
-        match written {
-            Ok(mut version) => {
-                if version.e_tag.is_none() && version.version.is_none() {
-                    // A store that returns no ETag on PUT: take it from a HEAD.
-                    let meta = self
-                        .store
-                        .head(&path)
-                        .await
-                        .map_err(|e| Error::store(format!("reading {path}"), e))?;
-                    version = UpdateVersion {
-                        e_tag: meta.e_tag,
-                        version: meta.version,
-                    };
-                }
-                self.remember(table, ManifestVersion::Read(version));
-                Ok(())
-            }
-            Err(
-                object_store::Error::Precondition { .. }
-                | object_store::Error::AlreadyExists { .. },
-            ) => {
-                let now = match self.store.get(&path).await {
-                    Ok(found) => found
-                        .bytes()
-                        .await
-                        .ok()
-                        .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
-                        .map(|m| format!("it is now version {} of run {}", m.version, m.run_id))
-                        .unwrap_or_else(|| "it was replaced".into()),
-                    Err(_) => "it was removed".into(),
-                };
-                Err(Error::CommitConflict {
-                    table: table.to_string(),
-                    detail: format!(
-                        "this run read version {} ({}); {now}",
-                        manifest.version.saturating_sub(1),
-                        expected.describe()
-                    ),
-                })
-            }
-            Err(e) => Err(Error::store(format!("committing {path}"), e)),
+            tracing::info!(
+                table,
+                "Converted the table from sluice's manifest format to a Delta table."
+            );
         }
+        Ok(())
     }
 
-    /// The conditional replace of a local folder's manifest: compare the current
-    /// ETag with `expected` and rename the new manifest in, both under an
-    /// exclusive `flock` that every sluice commit of the lake takes.
-    async fn write_local(
-        &self,
-        root: &FsPath,
-        table: &str,
-        path: &Path,
-        json: Vec<u8>,
-        expected: &ManifestVersion,
-    ) -> Result<std::result::Result<UpdateVersion, object_store::Error>> {
-        let locks = root.join("_sluice").join("commit-locks");
-        let lock_path = locks.join(format!("{}.lock", table.replace('/', "%2F")));
-        let flock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-            std::fs::create_dir_all(&locks)?;
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)?;
-            file.lock()?;
-            Ok(file)
-        })
-        .await
-        .map_err(|e| Error::lake(format!("committing {path}: {e}")))?
-        .map_err(|e| Error::lake(format!("committing {path}: taking the commit lock: {e}")))?;
-        let current = match self.store.head(path).await {
-            Ok(meta) => ManifestVersion::Read(UpdateVersion {
-                e_tag: meta.e_tag,
-                version: meta.version,
-            }),
-            Err(object_store::Error::NotFound { .. }) => ManifestVersion::Absent,
-            Err(e) => return Err(Error::store(format!("reading {path}"), e)),
-        };
-        let outcome = if &current != expected {
-            Err(object_store::Error::Precondition {
-                path: path.to_string(),
-                source: format!(
-                    "expected {}, found {}",
-                    expected.describe(),
-                    current.describe()
-                )
-                .into(),
-            })
-        } else {
-            match self.store.put(path, PutPayload::from(json)).await {
-                Ok(_) => match self.store.head(path).await {
-                    Ok(meta) => Ok(UpdateVersion {
-                        e_tag: meta.e_tag,
-                        version: meta.version,
-                    }),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            }
-        };
-        drop(flock); // closing the file releases the lock
-        Ok(outcome)
-    }
-
-    /// Deletes the manifest of `table` (a reset): the next commit creates it.
+    /// Deletes the table's Delta log (a reset): the next commit creates the
+    /// table anew.
     pub async fn delete_manifest(&self, table: &str) -> Result<()> {
-        let path = self.table_path(table).join(MANIFEST_FILE);
-        match self.store.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                self.remember(table, ManifestVersion::Absent);
-                Ok(())
+        let log_dir = format!("{table}/{DELTA_LOG}");
+        let entries = self.list(&log_dir).await?;
+        // The newest version first: a reader never sees a log whose first
+        // versions are gone while later ones remain.
+        let mut paths: Vec<String> = entries.into_iter().map(|(p, _)| p).collect();
+        paths.sort();
+        for rel in paths.iter().rev() {
+            let path = self.path(&format!("{log_dir}/{rel}"));
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::store(format!("deleting {path}"), e)),
             }
-            Err(e) => Err(Error::store(format!("deleting {path}"), e)),
         }
+        let legacy = self.table_path(table).join(LEGACY_MANIFEST_FILE);
+        match self.store.delete(&legacy).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::store(format!("deleting {legacy}"), e)),
+        }
+        self.remember(table, Committed::Absent);
+        Ok(())
     }
 
     /// Writes any JSON document (a run report) to `relative`.
@@ -414,7 +417,7 @@ impl Lake {
         let base = self.table_path(table);
         let mut deleted = 0;
         for rel in relative {
-            let path = rel.split('/').fold(base.clone(), |p, part| p.join(part));
+            let path = join(&base, rel);
             match self.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
                 Err(e) => return Err(Error::lake(format!("deleting {path}: {e}"))),
@@ -424,20 +427,27 @@ impl Lake {
     }
 
     /// Deletes the Parquet files under the table folder that `manifest` does not
-    /// list (all of them without a manifest): what an interrupted run wrote but
-    /// never committed.
+    /// list (all of them without a manifest) and that no kept version lists
+    /// either: what an interrupted run wrote but never committed.
     pub async fn remove_orphans(
         &self,
         table: &str,
         manifest: Option<&manifest::Manifest>,
     ) -> Result<()> {
-        let live = manifest.map(|m| m.live_files()).unwrap_or_default();
+        let mut live: BTreeSet<String> = manifest
+            .map(|m| m.live_files().into_iter().map(String::from).collect())
+            .unwrap_or_default();
+        live.extend(self.removed_files(table).await?.into_keys());
         let orphans: Vec<String> = self
             .list(table)
             .await?
             .into_iter()
             .map(|(path, _)| path)
-            .filter(|p| p.ends_with(".parquet") && !live.contains(p.as_str()))
+            .filter(|p| {
+                p.ends_with(".parquet")
+                    && !p.starts_with(&format!("{DELTA_LOG}/"))
+                    && !live.contains(p)
+            })
             .collect();
         if !orphans.is_empty() {
             tracing::warn!(
@@ -520,6 +530,27 @@ impl Lake {
             .map_err(|e| Error::lake(format!("reading {path}: {e}")))?;
         Ok(stream.map(move |b| b.map_err(Error::from)).boxed())
     }
+}
+
+/// `relative` (slash-separated) under `base`, each part as it is named.
+///
+/// object_store would percent-encode some characters of a part (any non-ASCII
+/// letter, `` ` ``, `%`…), so that a table named `ördërs` would live under the
+/// key `%C3%B6rd%C3%ABrs/`. Delta readers find a table's files from its URL,
+/// whose path decodes to the raw names; so the lake names its objects raw too,
+/// and only a part that cannot be a key as it is (a control character) is
+/// encoded.
+pub fn join(base: &Path, relative: &str) -> Path {
+    relative
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .fold(
+            base.clone(),
+            |path, part| match object_store::path::PathPart::parse(part) {
+                Ok(raw) => path.join(raw),
+                Err(_) => path.join(part),
+            },
+        )
 }
 
 /// Lake files up to this size are read with one whole-object GET.

@@ -4,8 +4,9 @@
 //!
 //! 1. **commit** ([`commit_files`]): one conditional manifest PUT makes the new
 //!    files (and, for modes that keep it with the data, the new position) visible
-//!    and records the touched days as `pending_warehouse`; the files it replaced
-//!    are deleted after it;
+//!    and records the touched days as `pending_warehouse`; the files replaced
+//!    more than `keep_versions_days` ago are deleted after it (time travel reads
+//!    the ones kept);
 //! 2. **load** ([`load_and_finish`]): the pending days go into ClickHouse,
 //!    `days_per_load` at a time, days older than `retention_days` skipped with a
 //!    warning, a current-state twin (`<table>_current`) copied partition by
@@ -127,7 +128,7 @@ async fn drive_locked<C: Capture>(run: &TableRun<'_>, capture: &C) -> Result<Tab
     let last = tables.len() - 1;
     let mut next_manifests = Vec::with_capacity(tables.len());
     for (i, (manifest, change)) in committed.manifests.iter().zip(&outcome.changes).enumerate() {
-        let (mut next, replaced, touched) = apply(manifest, change, has_warehouse);
+        let (mut next, touched) = apply(manifest, change, has_warehouse);
         if i == last {
             if outcome.rebuild_warehouse && has_warehouse {
                 next.warehouse_rebuild = true;
@@ -146,7 +147,7 @@ async fn drive_locked<C: Capture>(run: &TableRun<'_>, capture: &C) -> Result<Tab
             report.partitions_written = touched.iter().cloned().collect();
         }
         if next != *manifest {
-            commit_files(lake, run.run_id, &mut next, &replaced).await?;
+            commit_files(lake, run.run_id, &mut next).await?;
             info!(table = %next.table, version = next.version, partitions = touched.len(), "Lake committed.");
         } else if i == last {
             info!("Nothing changed.");
@@ -197,15 +198,13 @@ async fn drive_locked<C: Capture>(run: &TableRun<'_>, capture: &C) -> Result<Tab
 }
 
 /// `committed` with `change` applied: the next manifest (same version: the
-/// commit counts it up), the files it no longer lists, and the days that got
-/// files.
+/// commit counts it up) and the days that got files.
 fn apply(
     committed: &Manifest,
     change: &TableChange,
     has_warehouse: bool,
-) -> (Manifest, Vec<String>, BTreeSet<String>) {
+) -> (Manifest, BTreeSet<String>) {
     let mut next = committed.clone();
-    let mut replaced = Vec::new();
     let mut touched = BTreeSet::new();
     let entry = |files: &[crate::lake::manifest::FileEntry]| PartitionEntry {
         rows: files.iter().map(|f| f.rows).sum(),
@@ -224,20 +223,15 @@ fn apply(
         }
         Apply::ReplaceDays { days, drop_days } => {
             for (day, files) in days {
-                if let Some(old) = next.partitions.insert(day.clone(), entry(files)) {
-                    replaced.extend(old.files.into_iter().map(|f| f.path));
-                }
+                next.partitions.insert(day.clone(), entry(files));
                 touched.insert(day.clone());
             }
             for day in drop_days {
-                if let Some(old) = next.partitions.remove(day) {
-                    replaced.extend(old.files.into_iter().map(|f| f.path));
-                }
+                next.partitions.remove(day);
                 next.pending_warehouse.remove(day);
             }
         }
         Apply::ReplaceTable(days) => {
-            replaced.extend(committed.live_files().into_iter().map(String::from));
             next.partitions = days
                 .iter()
                 .map(|(day, files)| (day.clone(), entry(files)))
@@ -262,7 +256,7 @@ fn apply(
     if change.load && has_warehouse {
         next.pending_warehouse.extend(touched.iter().cloned());
     }
-    (next, replaced, touched)
+    (next, touched)
 }
 
 /// Deletes what a crashed run left behind: Parquet files in the table folder that
@@ -287,19 +281,13 @@ pub async fn commit(lake: &Lake, run_id: &str, next: &mut Manifest) -> Result<()
     lake.write_manifest(next).await
 }
 
-/// Commit 1: the lake shows `next`'s files; then the files it no longer lists
-/// (`replaced`, relative to the table folder) are deleted.
-pub async fn commit_files(
-    lake: &Lake,
-    run_id: &str,
-    next: &mut Manifest,
-    replaced: &[String],
-) -> Result<()> {
+/// Commit 1: the lake shows `next`'s files; then the files that commits
+/// removed more than `keep_versions_days` ago are deleted (at once with 0).
+pub async fn commit_files(lake: &Lake, run_id: &str, next: &mut Manifest) -> Result<()> {
     fault::point("lake.before_commit");
     commit(lake, run_id, next).await?;
     fault::point("lake.after_commit");
-    lake.delete_files(&next.table, replaced.iter().map(String::as_str))
-        .await?;
+    lake.vacuum(&next.table).await?;
     fault::point("lake.after_delete");
     Ok(())
 }

@@ -157,12 +157,7 @@ impl LakeTable {
                 ))
             })?;
             for file in &partition.files {
-                let relative = lake.table_path(table);
-                let relative = file
-                    .path
-                    .split('/')
-                    .filter(|p| !p.is_empty())
-                    .fold(relative, |p, part| p.join(part));
+                let relative = crate::lake::join(&lake.table_path(table), &file.path);
                 let location = match &root {
                     Some(root) => relative.parts().fold(root.clone(), |p, part| p.join(part)),
                     None => relative,

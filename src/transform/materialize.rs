@@ -136,10 +136,10 @@ pub(super) async fn write_files(
     let mut seq = 0usize;
     let roller = |folder: &str, seq: usize| {
         let rel = match partition_by {
-            Some(c) => format!("{c}={folder}"),
+            Some(c) => crate::lake::delta::partition_folder(c, folder),
             None => folder.to_string(),
         };
-        let dir = lake.table_path(name).join(rel.as_str());
+        let dir = crate::lake::join(&lake.table_path(name), &rel);
         FileRoller::new(lake, dir, rel, &format!("{run_id}-{seq}"), schema.clone())
     };
     // A finished day's last row group is encoded and its file uploaded on a task
@@ -235,8 +235,6 @@ pub async fn write_table(
     next.set_schema(&schema);
     next.partitions = written.partitions;
     commit(lake, &mut next).await?;
-    if let Some(old) = old {
-        lake.delete_files(name, old.live_files()).await?;
-    }
+    lake.vacuum(name).await?;
     Ok(next)
 }

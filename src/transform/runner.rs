@@ -319,7 +319,8 @@ impl<'a> Runner<'a> {
             return Err(failure);
         }
 
-        // Publish: one manifest PUT, then the old files go.
+        // Publish: one Delta commit; the old files stay readable as the
+        // previous version until `keep_versions_days`.
         let loads = self.warehouse.is_some()
             && self
                 .models_config
@@ -337,18 +338,8 @@ impl<'a> Runner<'a> {
         }
         let stage = Instant::now();
         commit(self.lake, &mut next).await.map_err(no_checks)?;
-        if let Some(old) = &old {
-            let live = next.live_files();
-            let replaced: Vec<&str> = old
-                .live_files()
-                .into_iter()
-                .filter(|f| !live.contains(f))
-                .collect();
-            self.lake
-                .delete_files(name, replaced)
-                .await
-                .map_err(no_checks)?;
-        }
+        // The replaced files stay for time travel until `keep_versions_days`.
+        self.lake.vacuum(name).await.map_err(no_checks)?;
         info!(
             rows = report.rows,
             partitions = report.partitions,

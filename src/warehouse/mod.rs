@@ -308,12 +308,12 @@ where
     }
 }
 
-/// The URL path segment of one lake path segment: first as object_store names the
-/// object (it percent-encodes characters not allowed in keys, e.g. non-ASCII), then
-/// percent-encoded for the URL: everything but RFC 3986 unreserved characters and
-/// `=` (the Hive separator) becomes `%XX` per UTF-8 byte.
+/// The URL path segment of one lake path segment: first as the lake names the
+/// object (`lake::join`: the name itself), then percent-encoded for the URL:
+/// everything but RFC 3986 unreserved characters and `=` (the Hive separator)
+/// becomes `%XX` per UTF-8 byte.
 fn encode_segment(segment: &str) -> String {
-    let key = object_store::path::PathPart::from(segment);
+    let key = crate::lake::join(&object_store::path::Path::default(), segment);
     let mut out = String::with_capacity(segment.len());
     for byte in key.as_ref().bytes() {
         match byte {

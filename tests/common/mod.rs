@@ -213,11 +213,17 @@ pub async fn list(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<(String, u6
     out
 }
 
-/// Reads every Parquet object under `prefix` into batches.
+/// Reads the Parquet objects under `prefix` into batches: when `prefix` is (in)
+/// a lake table, only the files its current Delta version lists (not those
+/// kept for time travel, nor a dead run's), else every one.
 pub async fn read_parquet_under(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<RecordBatch> {
+    let live = live_files_under(prefix).await;
     let mut batches = Vec::new();
     for (path, _) in list(store, prefix).await {
-        if !path.ends_with(".parquet") {
+        if !path.ends_with(".parquet") || path.contains("/_delta_log/") {
+            continue;
+        }
+        if live.as_ref().is_some_and(|live| !live.contains(&path)) {
             continue;
         }
         let bytes = store
@@ -236,6 +242,28 @@ pub async fn read_parquet_under(store: &Arc<dyn ObjectStore>, prefix: &str) -> V
         }
     }
     batches
+}
+
+/// The object paths of the live files of the S3 lake table that `prefix` is
+/// or is in (`<lake prefix>/<table>[/<column>_day=DAY/]`); `None` when there
+/// is no such table.
+async fn live_files_under(prefix: &str) -> Option<std::collections::BTreeSet<String>> {
+    let segments: Vec<&str> = prefix.trim_end_matches('/').split('/').collect();
+    let end = segments
+        .iter()
+        .position(|s| s.contains('='))
+        .unwrap_or(segments.len());
+    let root = segments[..end].join("/");
+    let (lake_prefix, table) = root.rsplit_once('/')?;
+    let state = s3_table_state(lake_prefix, table).await;
+    let partitions = state["partitions"].as_object()?;
+    Some(
+        partitions
+            .values()
+            .flat_map(|p| p["files"].as_array().cloned().unwrap_or_default())
+            .map(|f| format!("{root}/{}", f["path"].as_str().unwrap()))
+            .collect(),
+    )
 }
 
 /// Runs the `sluice` binary with the test S3 environment.
@@ -269,4 +297,62 @@ pub fn write_config(dir: &tempfile::TempDir, text: &str) -> PathBuf {
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// The lake at `url` (`s3://bucket/prefix` or a folder), opened in-process.
+pub fn open_lake(url: &str) -> sluice::lake::Lake {
+    // Lake::open reads the AWS_* variables: set once, before any handle opens.
+    static ENV: std::sync::Once = std::sync::Once::new();
+    ENV.call_once(|| {
+        for (k, v) in s3_env() {
+            std::env::set_var(k, v);
+        }
+    });
+    let config: sluice::config::LakeConfig = toml::from_str(&format!("url = {url:?}")).unwrap();
+    sluice::lake::Lake::open(&config, Path::new("/")).unwrap()
+}
+
+/// The committed state of lake table `table` in the S3 lake under `prefix`:
+/// what sluice keeps in the table's Delta log (position, schema, pending days),
+/// with `partitions` holding the live files by day. `Null` for no table.
+pub async fn s3_table_state(prefix: &str, table: &str) -> serde_json::Value {
+    table_state(&format!("s3://{}/{prefix}", s3_bucket()), table).await
+}
+
+/// [`s3_table_state`] for any lake URL (a local folder too).
+pub async fn table_state(lake_url: &str, table: &str) -> serde_json::Value {
+    let lake = open_lake(lake_url);
+    match lake.read_manifest(table).await.unwrap() {
+        Some(m) => serde_json::to_value(m).unwrap(),
+        None => serde_json::Value::Null,
+    }
+}
+
+/// The object paths of the files that commits of the S3 lake table removed
+/// and that are kept for time travel (`keep_versions_days`).
+pub async fn s3_kept_files(prefix: &str, table: &str) -> std::collections::BTreeSet<String> {
+    let lake = open_lake(&format!("s3://{}/{prefix}", s3_bucket()));
+    lake.read_manifest(table).await.unwrap();
+    lake.removed_files(table)
+        .await
+        .unwrap()
+        .into_keys()
+        .map(|p| format!("{prefix}/{table}/{p}"))
+        .collect()
+}
+
+/// [`table_state`] from a synchronous test (a runtime of its own).
+pub fn table_state_blocking(lake_url: &str, table: &str) -> serde_json::Value {
+    let lake_url = lake_url.to_string();
+    let table = table.to_string();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(table_state(&lake_url, &table))
+    })
+    .join()
+    .unwrap()
 }

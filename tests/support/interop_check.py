@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Reads a sluice lake table with DuckDB, pyarrow.dataset and polars, the way the
-README tells analysts to, and prints each reader's rows as CSV in the format of
-`sluice query --format csv`, so that tests/interop.rs can compare them byte for byte.
+"""Reads a sluice lake table the way the README tells analysts to — as a Delta
+table with DuckDB, pyarrow (through the `deltalake` package) and polars, and as a
+plain Parquet glob with Hive partitioning on — and prints each reader's rows as
+CSV in the format of `sluice query --format csv`, so that tests/interop.rs can
+compare them byte for byte.
 
     interop_check.py LAKE TABLE OUT_DIR
 
@@ -10,19 +12,13 @@ AWS_* variables, as for sluice). For each reader it writes OUT_DIR/<reader>.csv:
 every column of the table's files, then `<partition column>_day`, ordered by the
 table's key.
 
-Two ways of finding the files are checked:
-
-- `manifest`: the live files listed in `<table>/_manifest.json`, exactly what
+- `*_delta`: the table's Delta log says which files are live, exactly what
   `sluice query` reads (files of a run that died before its commit are never
   listed);
-- `glob`: every `*.parquet` under the table folder, with Hive partitioning OFF:
-  sluice's folder `created_at=YYYY-MM-DD` holds a day while the files' column
-  `created_at` is the full timestamp, and a Hive-partitioned read replaces the
-  column by the day (DuckDB, polars) or refuses the schema (pyarrow). The day
-  column is then taken from the folder name.
-
-Each reader is also asked with Hive partitioning ON, and the clash is reported in
-OUT_DIR/hive_clash.txt (one line per tool: what it did to the column).
+- `*_glob`: every `*.parquet` under the table folder (but its `_delta_log`), with
+  Hive partitioning on: the folders are named `<column>_day=YYYY-MM-DD`, so the
+  readers add the day as a date column beside the file's own timestamp column.
+  A glob also reads the files of a run that died before its commit.
 """
 
 import csv
@@ -34,13 +30,14 @@ import os
 import re
 import sys
 
+import deltalake
 import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-DAY_IN_PATH = re.compile(r"=(\d{4}-\d{2}-\d{2})/")
+LOG_VERSION = re.compile(r"(\d{20})\.json$")
 
 
 def s3_settings():
@@ -55,7 +52,7 @@ def s3_settings():
 
 
 class Lake:
-    """Where the table's files are, for each tool."""
+    """Where the table is, for each tool, and what sluice says about it."""
 
     def __init__(self, url, table):
         self.table = table
@@ -74,43 +71,44 @@ class Lake:
                 request_timeout=60,
             )
             self.root = url[len("s3://"):].rstrip("/") + "/" + table  # bucket/prefix/table
-            self.url = "s3://" + self.root  # for DuckDB and polars
+            self.url = "s3://" + self.root  # for DuckDB, deltalake and polars
+            self.storage_options = {
+                "AWS_ENDPOINT_URL": s3["endpoint"],
+                "AWS_ACCESS_KEY_ID": s3["key"],
+                "AWS_SECRET_ACCESS_KEY": s3["secret"],
+                "AWS_REGION": s3["region"],
+                "AWS_ALLOW_HTTP": "true" if s3["http"] else "false",
+                "AWS_S3_ALLOW_UNSAFE_RENAME": "true",
+            }
         else:
             self.s3 = None
             self.fs = pafs.LocalFileSystem()
             self.root = os.path.abspath(os.path.join(url, table))
             self.url = self.root
-        with self.fs.open_input_stream(self.root + "/_manifest.json") as f:
-            self.manifest = json.loads(f.read())
-        self.partition_column = self.manifest["partition_column"]
+            self.storage_options = None
+        position = self.position()
+        self.partition_column = position["partition_column"]
         self.day_column = self.partition_column + "_day"
-        self.key = self.manifest["key"]
-        self.columns = [c["name"] for c in self.manifest["schema"]]
-        # (path relative to the table folder, day) of every live file.
-        self.live = [
-            (f["path"], day)
-            for day, partition in self.manifest["partitions"].items()
-            for f in partition["files"]
-        ]
+        self.key = position["key"]
+        self.columns = [c["name"] for c in position["schema"]]
 
-    def fs_paths(self):
-        return [self.root + "/" + path for path, _ in self.live]
+    def position(self):
+        """sluice's position: the `sluice` entry of the newest commit that has one."""
+        selector = pafs.FileSelector(self.root + "/_delta_log")
+        commits = sorted(
+            (i.path for i in self.fs.get_file_info(selector) if LOG_VERSION.search(i.path)),
+            reverse=True,
+        )
+        for path in commits:
+            with self.fs.open_input_stream(path) as f:
+                for line in f.read().decode().splitlines():
+                    info = json.loads(line).get("commitInfo") or {}
+                    if "sluice" in info:
+                        return info["sluice"]
+        raise SystemExit(f"no sluice commit in {self.root}/_delta_log")
 
-    def urls(self):
-        return [self.url + "/" + path for path, _ in self.live]
-
-    def glob(self):
-        return self.url + "/*/*.parquet"
-
-
-def with_day(table, days):
-    """`table` plus the day column from `days` (one `YYYY-MM-DD` per row)."""
-    values = pa.array([dt.date.fromisoformat(d) for d in days], pa.date32())
-    return table.append_column(LAKE.day_column, values)
-
-
-def day_of_path(path):
-    return DAY_IN_PATH.search(path).group(1)
+    def delta(self):
+        return deltalake.DeltaTable(self.url, storage_options=self.storage_options)
 
 
 # -- DuckDB -------------------------------------------------------------------
@@ -143,125 +141,90 @@ def duckdb_connection():
     return con
 
 
-def duckdb_manifest():
+def duckdb_delta():
     con = duckdb_connection()
-    files = LAKE.urls()
-    table = con.execute(
-        "SELECT *, regexp_extract(filename, '=(\\d{4}-\\d{2}-\\d{2})/', 1)::DATE AS "
-        f'"{LAKE.day_column}" FROM read_parquet(?, hive_partitioning = false, '
-        "union_by_name = true, filename = true)",
-        [files],
-    ).to_arrow_table()
-    return table.drop_columns(["filename"])
+    import duckdb_extension_delta
+
+    ext = os.path.join(
+        os.path.dirname(duckdb_extension_delta.__file__),
+        "extensions",
+        "v" + duckdb.__version__,
+        "delta.duckdb_extension",
+    )
+    con.execute(f"LOAD '{ext}'")
+    return con.execute(f"SELECT * FROM delta_scan('{LAKE.url}')").to_arrow_table()
+
+
+def data_files():
+    """Every Parquet file under the table folder but its Delta log (listed: on S3
+    the folder itself is not an object)."""
+    selector = pafs.FileSelector(LAKE.root, recursive=True)
+    return sorted(
+        i.path
+        for i in LAKE.fs.get_file_info(selector)
+        if i.path.endswith(".parquet") and "/_delta_log/" not in i.path
+    )
+
+
+def file_urls():
+    prefix = "s3://" if LAKE.s3 else ""
+    return [prefix + p for p in data_files()]
 
 
 def duckdb_glob():
     con = duckdb_connection()
-    table = con.execute(
-        "SELECT *, regexp_extract(filename, '=(\\d{4}-\\d{2}-\\d{2})/', 1)::DATE AS "
-        f'"{LAKE.day_column}" FROM read_parquet(?, hive_partitioning = false, '
-        "union_by_name = true, filename = true)",
-        [LAKE.glob()],
+    return con.execute(
+        "SELECT * FROM read_parquet(?, hive_partitioning = true, union_by_name = true)",
+        [file_urls()],
     ).to_arrow_table()
-    return table.drop_columns(["filename"])
 
 
-def duckdb_hive():
-    con = duckdb_connection()
-    rel = con.execute(
-        f"DESCRIBE SELECT * FROM read_parquet('{LAKE.glob()}', hive_partitioning = true)"
-    ).fetchall()
-    types = {name: kind for name, kind, *_ in rel}
-    return f"column {LAKE.partition_column} read as {types[LAKE.partition_column]}"
+# -- pyarrow ------------------------------------------------------------------
 
-
-# -- pyarrow.dataset ----------------------------------------------------------
-
-def pyarrow_manifest():
-    dataset = ds.dataset(LAKE.fs_paths(), filesystem=LAKE.fs, format="parquet")
-    parts = []
-    for fragment in dataset.get_fragments():
-        t = fragment.to_table(schema=dataset.schema)
-        parts.append(with_day(t, [day_of_path(fragment.path)] * t.num_rows))
-    return pa.concat_tables(parts)
-
-
-def all_files():
-    """Every Parquet file under the table folder (listed: on S3 the folder itself
-    is not an object)."""
-    selector = pafs.FileSelector(LAKE.root, recursive=True)
-    return sorted(
-        i.path for i in LAKE.fs.get_file_info(selector) if i.path.endswith(".parquet")
-    )
+def pyarrow_delta():
+    return LAKE.delta().to_pyarrow_table()
 
 
 def pyarrow_glob():
-    dataset = ds.dataset(all_files(), filesystem=LAKE.fs, format="parquet", partitioning=None)
-    parts = []
-    for fragment in dataset.get_fragments():
-        t = fragment.to_table(schema=dataset.schema)
-        parts.append(with_day(t, [day_of_path(fragment.path)] * t.num_rows))
-    return pa.concat_tables(parts)
-
-
-def pyarrow_hive():
-    try:
-        ds.dataset(
-            all_files(),
-            filesystem=LAKE.fs,
-            format="parquet",
-            partitioning="hive",
-            partition_base_dir=LAKE.root,
-        )
-        return "no error"
-    except pa.ArrowTypeError as e:
-        return "refused: " + str(e).splitlines()[0]
+    partitioning = ds.partitioning(
+        pa.schema([(LAKE.day_column, pa.date32())]), flavor="hive"
+    )
+    dataset = ds.dataset(
+        data_files(),
+        filesystem=LAKE.fs,
+        format="parquet",
+        partitioning=partitioning,
+        partition_base_dir=LAKE.root,
+    )
+    return dataset.to_table()
 
 
 # -- polars -------------------------------------------------------------------
 
-def polars_files(paths):
-    """Reads `paths` (table-folder paths from pyarrow's file system) with polars.
-
-    On S3 polars' own object store asks for the footer with a suffix range
-    longer than a small file, which the test server (s3s-fs 0.14) answers with a
-    500 where S3 and MinIO return the whole file; so the bytes come through
-    pyarrow's S3FileSystem, and polars decodes them. On a real S3 endpoint,
-    `pl.scan_parquet(urls, storage_options=...)` reads the same files directly."""
-    frames = []
-    for path in paths:
-        with LAKE.fs.open_input_file(path) as f:
-            frame = pl.read_parquet(f, hive_partitioning=False)
-        frames.append(frame.with_columns(_file=pl.lit(path)))
-    return pl.concat(frames, how="diagonal_relaxed")
-
-
-def polars_scan(source):
-    if LAKE.s3:
-        return polars_files(all_files() if isinstance(source, str) else LAKE.fs_paths())
-    return pl.scan_parquet(
-        source, hive_partitioning=False, include_file_paths="_file"
-    ).collect()
-
-
-def polars_manifest():
-    frame = polars_scan(LAKE.urls())
-    days = [day_of_path(p) for p in frame["_file"].to_list()]
-    return with_day(frame.drop("_file").to_arrow(), days)
+def polars_delta():
+    return pl.read_delta(LAKE.url, storage_options=LAKE.storage_options).to_arrow()
 
 
 def polars_glob():
-    frame = polars_scan(LAKE.glob())
-    days = [day_of_path(p) for p in frame["_file"].to_list()]
-    return with_day(frame.drop("_file").to_arrow(), days)
-
-
-def polars_hive():
+    """On S3 polars' own object store asks for the footer with a suffix range
+    longer than a small file, which the test server (s3s-fs 0.14) answers with a
+    500 where S3 and MinIO return the whole file; so the bytes come through
+    pyarrow's S3FileSystem there, and polars decodes them with the day from the
+    folder name. On a real S3 endpoint, `pl.scan_parquet(urls, hive_partitioning=True,
+    storage_options=...)` reads the same files directly."""
     if LAKE.s3:
-        return "not tried on S3 (see polars_files); the local folder shows the clash"
-    frame = pl.scan_parquet(LAKE.glob(), hive_partitioning=True).collect()
-    column = frame[LAKE.partition_column]
-    return f"column {LAKE.partition_column} read as {column.dtype}, first value {column[0]}"
+        frames = []
+        for path in data_files():
+            with LAKE.fs.open_input_file(path) as f:
+                frame = pl.read_parquet(f, hive_partitioning=False)
+            day = re.search(r"_day=(\d{4}-\d{2}-\d{2})/", path).group(1)
+            frames.append(
+                frame.with_columns(pl.lit(dt.date.fromisoformat(day)).alias(LAKE.day_column))
+            )
+        return pl.concat(frames, how="diagonal_relaxed").to_arrow()
+    return pl.scan_parquet(
+        data_files(), hive_partitioning=True, hive_schema={LAKE.day_column: pl.Date}
+    ).collect().to_arrow()
 
 
 # -- output -------------------------------------------------------------------
@@ -292,6 +255,9 @@ def text(value):
 
 def write_csv(table, path):
     names = LAKE.columns + [LAKE.day_column]
+    missing = [n for n in names if n not in table.column_names]
+    if missing:
+        raise SystemExit(f"{path}: the reader gave no column {missing} (it gave {table.column_names})")
     table = table.select(names)
     rows = table.to_pylist()
     rows.sort(key=lambda r: tuple(r[k] for k in LAKE.key))
@@ -310,18 +276,15 @@ def main():
     LAKE = Lake(url, table)
     os.makedirs(out, exist_ok=True)
     readers = {
-        "duckdb_manifest": duckdb_manifest,
+        "duckdb_delta": duckdb_delta,
         "duckdb_glob": duckdb_glob,
-        "pyarrow_manifest": pyarrow_manifest,
+        "pyarrow_delta": pyarrow_delta,
         "pyarrow_glob": pyarrow_glob,
-        "polars_manifest": polars_manifest,
+        "polars_delta": polars_delta,
         "polars_glob": polars_glob,
     }
     for name, read in readers.items():
         write_csv(read(), os.path.join(out, name + ".csv"))
-    with open(os.path.join(out, "hive_clash.txt"), "w") as f:
-        for name, describe in [("duckdb", duckdb_hive), ("pyarrow", pyarrow_hive), ("polars", polars_hive)]:
-            f.write(f"{name}: {describe()}\n")
 
 
 LAKE = None
