@@ -95,9 +95,10 @@ enum Command {
         /// Write the result to this file instead of stdout (required for parquet).
         #[arg(long, short)]
         output: Option<PathBuf>,
-        /// Read snapshot and change tables as they were on this day (YYYY-MM-DD).
-        #[arg(long, value_name = "DAY")]
-        as_of: Option<chrono::NaiveDate>,
+        /// Read the tables as they were: on a day (YYYY-MM-DD), at a Delta
+        /// version (42) or at an instant (2026-11-21T08:00:00Z).
+        #[arg(long, value_name = "DAY|VERSION|TIME")]
+        as_of: Option<sluice::query::as_of::AsOf>,
         /// One SQL statement, e.g. "SELECT count(*) FROM transactions".
         sql: String,
     },
@@ -107,9 +108,10 @@ enum Command {
         /// The pipeline file.
         #[arg(long, short)]
         config: PathBuf,
-        /// Read snapshot and change tables as they were on this day (YYYY-MM-DD).
-        #[arg(long, value_name = "DAY")]
-        as_of: Option<chrono::NaiveDate>,
+        /// Read the tables as they were: on a day (YYYY-MM-DD), at a Delta
+        /// version (42) or at an instant (2026-11-21T08:00:00Z).
+        #[arg(long, value_name = "DAY|VERSION|TIME")]
+        as_of: Option<sluice::query::as_of::AsOf>,
     },
     /// Run only the SQL models of the config's `[models]` section over the lake
     /// (`sluice run` runs them after the tables).

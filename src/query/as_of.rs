@@ -1,6 +1,7 @@
-//! Point-in-time reads: `sluice query --as-of YYYY-MM-DD` (and `sluice shell`).
+//! Point-in-time reads: `sluice query --as-of DAY|VERSION|TIME` (and `sluice shell`).
 //!
-//! Only tables that keep their history can be read as of a day:
+//! As of a **day** (`YYYY-MM-DD`), tables that keep their history in their rows
+//! are read from their rows:
 //!
 //! - a **snapshot** table (partitioned by `snapshot_date`) is its last snapshot
 //!   taken on or before the day; with no snapshot by then it is empty;
@@ -9,8 +10,12 @@
 //!   (highest `_version`), without the keys whose latest change is a delete. The
 //!   change rows up to that day stay available as `<table>_changes`.
 //!
-//! Other tables (watermark capture, models) are rewritten in place and keep no
-//! history: they are read as they are now.
+//! Every other table (watermark capture, models) is read as the Delta version
+//! committed last by the end of that day (UTC). As of a **version** (`42`) or an
+//! **instant** (`2026-11-21T08:00:00Z`) every table is read as that Delta
+//! version of its own log, or the last one committed by then. A table with no
+//! version then cannot be queried (the error says why); reading an old version
+//! needs its files, which stay for `[lake] keep_versions_days`.
 
 use std::sync::Arc;
 
@@ -21,6 +26,64 @@ use super::{query_error, LakeTable};
 use crate::capture::snapshot::{CHANGE_DATE, IS_DELETED, SNAPSHOT_DATE, VERSION};
 use crate::error::{Error, Result};
 use crate::lake::manifest::Manifest;
+use crate::lake::At;
+
+/// What `--as-of` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// `YYYY-MM-DD`: history tables by their rows, the others by Delta version.
+    Day(NaiveDate),
+    /// A Delta version of every table.
+    Version(u64),
+    /// An instant (RFC 3339): the version of every table committed by then.
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+impl std::str::FromStr for AsOf {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if let Ok(version) = s.parse::<u64>() {
+            return Ok(AsOf::Version(version));
+        }
+        if let Ok(day) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+            return Ok(AsOf::Day(day));
+        }
+        chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| AsOf::Time(t.with_timezone(&chrono::Utc)))
+            .map_err(|_| {
+                format!(
+                    "{s:?} is not a day (2026-11-21), a Delta version (42) or an instant (2026-11-21T08:00:00Z)"
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for AsOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AsOf::Day(day) => write!(f, "{day}"),
+            AsOf::Version(v) => write!(f, "version {v}"),
+            AsOf::Time(t) => write!(f, "{}", t.to_rfc3339()),
+        }
+    }
+}
+
+impl AsOf {
+    /// The Delta version to read a table at (for a day: the end of the day).
+    pub fn at(&self) -> At {
+        match self {
+            AsOf::Day(day) => {
+                let next = day.succ_opt().unwrap_or(*day);
+                let end = next.and_hms_opt(0, 0, 0).expect("midnight").and_utc()
+                    - chrono::Duration::microseconds(1);
+                At::Time(end)
+            }
+            AsOf::Version(v) => At::Version(*v),
+            AsOf::Time(t) => At::Time(*t),
+        }
+    }
+}
 
 /// Suffix of a change table's change rows when it is read as of a day.
 pub const CHANGES_SUFFIX: &str = "_changes";

@@ -30,7 +30,7 @@ pub mod shell;
 pub mod sort_within_days;
 pub mod table_provider;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path as FsPath, PathBuf};
@@ -97,7 +97,7 @@ pub async fn query_as_of<W: Write>(
     base: &FsPath,
     sql: &str,
     options: &QueryOptions,
-    as_of: Option<chrono::NaiveDate>,
+    as_of: Option<as_of::AsOf>,
     out: W,
 ) -> Result<QuerySummary> {
     if options.format == OutputFormat::Parquet && options.output.is_none() {
@@ -131,11 +131,36 @@ pub async fn query_as_of<W: Write>(
     renamed
 }
 
+/// The state of `name` as of `when`: `Err(Some(why))` when it had no version
+/// then, `Err(None)` when it was never committed.
+async fn read_as_of(
+    lake: &Lake,
+    name: &str,
+    when: as_of::AsOf,
+) -> Result<std::result::Result<crate::lake::manifest::Manifest, Option<String>>> {
+    let Some(latest) = lake.read_manifest(name).await? else {
+        return Ok(Err(None));
+    };
+    if matches!(when, as_of::AsOf::Day(_)) && as_of::History::of(&latest).is_some() {
+        // Snapshot and change tables are read as of a day by their rows.
+        return Ok(Ok(latest));
+    }
+    match lake.read_manifest_at(name, when.at()).await {
+        Ok(Some(manifest)) => Ok(Ok(manifest)),
+        // Written before the lake was a Delta Lake: no versions to read.
+        Ok(None) => Ok(Err(Some(format!(
+            "keeps no history yet (its lake folder is of the format before Delta): it cannot be read as of {when}"
+        )))),
+        Err(e) => Ok(Err(Some(format!("has no version as of {when}: {e}")))),
+    }
+}
+
 /// A DataFusion session with every committed table of the lake registered.
 pub struct LakeSession {
     ctx: SessionContext,
-    /// Configured tables without a manifest: named in the error of a query on them.
-    uncommitted: BTreeSet<String>,
+    /// Configured tables that cannot be read (never committed, or no version
+    /// as of `--as-of`), with why: named in the error of a query on them.
+    uncommitted: BTreeMap<String, String>,
 }
 
 impl LakeSession {
@@ -149,7 +174,7 @@ impl LakeSession {
     pub async fn open_as_of(
         config: &Config,
         base: &FsPath,
-        as_of: Option<chrono::NaiveDate>,
+        as_of: Option<as_of::AsOf>,
     ) -> Result<Self> {
         check_local_lake_exists(&config.lake, base)?;
         let lake = Lake::open(&config.lake, base)?;
@@ -158,16 +183,21 @@ impl LakeSession {
             Arc::new(RuntimeEnv::default()),
         );
         let store_url = register_lake_store(&ctx, &lake)?;
-        let mut uncommitted = BTreeSet::new();
+        let mut uncommitted = BTreeMap::new();
         // The tables, then the SQL models materialised in the lake.
         let mut names: Vec<String> = config.tables.iter().map(|t| t.name.clone()).collect();
         names.extend(crate::config::models::model_names(config, base)?);
         for name in &names {
-            match lake.read_manifest(name).await? {
-                None => {
-                    uncommitted.insert(name.clone());
+            let read = match as_of {
+                None => lake.read_manifest(name).await.map(|m| m.ok_or(None)),
+                Some(when) => read_as_of(&lake, name, when).await,
+            };
+            match read? {
+                Err(why) => {
+                    let why = why.unwrap_or_else(|| "has no data yet (no committed run)".into());
+                    uncommitted.insert(name.clone(), why);
                 }
-                Some(manifest) => {
+                Ok(manifest) => {
                     let provider = LakeTable::new(&lake, store_url.clone(), &manifest)?;
                     tracing::debug!(
                         table = %name,
@@ -175,8 +205,12 @@ impl LakeSession {
                         "Table registered."
                     );
                     match as_of {
-                        Some(day) => {
+                        Some(as_of::AsOf::Day(day)) => {
                             as_of::register(&ctx, name, &manifest, provider, day).await?;
+                        }
+                        Some(_) => {
+                            ctx.register_table(name.as_str(), Arc::new(provider))
+                                .map_err(|e| query_error(&e))?;
                         }
                         None => {
                             ctx.register_table(name.as_str(), Arc::new(provider))
@@ -201,11 +235,12 @@ impl LakeSession {
             .map_err(|e| query_error(&e))?
         {
             let in_default_schema = reference.schema().is_none_or(|s| s == "public");
-            if in_default_schema && self.uncommitted.contains(reference.table()) {
-                return Err(Error::Query(format!(
-                    "table {} has no data yet (no committed run)",
-                    reference.table()
-                )));
+            if let Some(why) = self
+                .uncommitted
+                .get(reference.table())
+                .filter(|_| in_default_schema)
+            {
+                return Err(Error::Query(format!("table {} {why}", reference.table())));
             }
         }
         let plan = state

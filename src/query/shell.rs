@@ -25,7 +25,7 @@ use crate::error::{redact, Error, Result};
 #[derive(Debug, Clone, Default)]
 pub struct ShellOptions {
     /// Read snapshot and change tables as of this day.
-    pub as_of: Option<chrono::NaiveDate>,
+    pub as_of: Option<super::as_of::AsOf>,
     /// Show prompts and keep a history file (stdin is a terminal).
     pub interactive: bool,
 }
@@ -66,8 +66,8 @@ pub async fn shell<R: BufRead, W: Write, E: Write>(
             "sluice shell: SQL over the lake (DataFusion). \\? for help, \\q to quit."
         )
         .map_err(io_error)?;
-        if let Some(day) = options.as_of {
-            writeln!(state.out, "Snapshot and change tables as of {day}.").map_err(io_error)?;
+        if let Some(when) = options.as_of {
+            writeln!(state.out, "Tables as of {when}.").map_err(io_error)?;
         }
     }
     let history_file = options.interactive.then(history_path).flatten();
