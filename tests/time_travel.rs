@@ -1,6 +1,6 @@
 //! Every lake table keeps its history as Delta versions: `sluice query --as-of`
-//! reads a watermark table and a model as of an older version, an instant or a
-//! day; the replaced files stay for `keep_versions_days` and go after it; and
+//! reads a watermark table and a model as of an older version or an instant
+//! (and as of a day, a day of the data, as they are now); the replaced files stay for `keep_versions_days` and go after it; and
 //! a version that cannot be read says why.
 
 mod common;
@@ -168,15 +168,14 @@ async fn tables_and_models_read_as_of_a_version_an_instant_and_a_day() {
         tokio::task::block_in_place(|| query_ok(&cfg, Some(&first_model.to_string()), MODEL)),
         "orders,amount\n20,2100\n"
     );
-    // As of today: what was committed by the end of the day, i.e. now.
-    let today = chrono::Utc::now().date_naive().to_string();
+    // As of a day (a day of the data): a watermark table reads as it is now.
     assert_eq!(
-        tokio::task::block_in_place(|| query_ok(&cfg, Some(&today), TOTAL)),
+        tokio::task::block_in_place(|| query_ok(&cfg, Some("2026-01-05"), TOTAL)),
         now
     );
     // Before the first commit, and a version that does not exist: the error
     // names the table and why.
-    for when in ["2000-01-01", "999"] {
+    for when in ["2000-01-01T00:00:00Z", "999"] {
         let out = tokio::task::block_in_place(|| query(&cfg, Some(when), TOTAL));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(6), "{stderr}");

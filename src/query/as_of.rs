@@ -10,10 +10,10 @@
 //!   (highest `_version`), without the keys whose latest change is a delete. The
 //!   change rows up to that day stay available as `<table>_changes`.
 //!
-//! Every other table (watermark capture, models) is read as the Delta version
-//! committed last by the end of that day (UTC). As of a **version** (`42`) or an
+//! Every other table (watermark capture, models) is read as it is now: a day
+//! is a day of the data, not of the commits. As of a **version** (`42`) or an
 //! **instant** (`2026-11-21T08:00:00Z`) every table is read as that Delta
-//! version of its own log, or the last one committed by then. A table with no
+//! version of its own log, or the last one committed by then (time travel). A table with no
 //! version then cannot be queried (the error says why); reading an old version
 //! needs its files, which stay for `[lake] keep_versions_days`.
 
@@ -70,15 +70,11 @@ impl std::fmt::Display for AsOf {
 }
 
 impl AsOf {
-    /// The Delta version to read a table at (for a day: the end of the day).
+    /// The Delta version to read a table at (a day reads the latest: see the
+    /// module doc).
     pub fn at(&self) -> At {
         match self {
-            AsOf::Day(day) => {
-                let next = day.succ_opt().unwrap_or(*day);
-                let end = next.and_hms_opt(0, 0, 0).expect("midnight").and_utc()
-                    - chrono::Duration::microseconds(1);
-                At::Time(end)
-            }
+            AsOf::Day(_) => At::Latest,
             AsOf::Version(v) => At::Version(*v),
             AsOf::Time(t) => At::Time(*t),
         }

@@ -141,8 +141,9 @@ async fn read_as_of(
     let Some(latest) = lake.read_manifest(name).await? else {
         return Ok(Err(None));
     };
-    if matches!(when, as_of::AsOf::Day(_)) && as_of::History::of(&latest).is_some() {
-        // Snapshot and change tables are read as of a day by their rows.
+    if matches!(when, as_of::AsOf::Day(_)) {
+        // A day is a day of the data: snapshot and change tables are read by
+        // their rows, the others as they are now.
         return Ok(Ok(latest));
     }
     match lake.read_manifest_at(name, when.at()).await {
