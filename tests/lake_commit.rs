@@ -73,6 +73,36 @@ async fn two_writers(a: Lake, b: Lake) {
     assert_eq!(a.read_manifest("t").await.unwrap().unwrap().run_id, "b");
 }
 
+/// A commit sent again after its answer was lost (the same version, run and
+/// commit time) finds itself in the log by its `txn` and is not a conflict;
+/// the log has it once.
+#[tokio::test]
+async fn a_commit_retried_after_it_landed_is_done_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, retry) = (local_lake(dir.path()), local_lake(dir.path()));
+    assert!(a.read_manifest("t").await.unwrap().is_none());
+    assert!(retry.read_manifest("t").await.unwrap().is_none());
+    let mut m = manifest("t", 1, "a");
+    m.committed_at = "2026-12-08T00:00:00Z".into();
+    a.write_manifest(&m).await.unwrap();
+    retry.write_manifest(&m).await.unwrap();
+    let versions = std::fs::read_dir(dir.path().join("t/_delta_log"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .count();
+    assert_eq!(versions, 1);
+    // Another run's commit of the same version is still refused.
+    let other = local_lake(dir.path());
+    assert!(other.read_manifest("t").await.unwrap().is_some());
+    a.write_manifest(&manifest("t", 2, "a")).await.unwrap();
+    let err = other
+        .write_manifest(&manifest("t", 2, "b"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, sluice::Error::CommitConflict { .. }), "{err}");
+}
+
 #[tokio::test]
 async fn local_folder_commits_are_conditional() {
     let dir = tempfile::tempdir().unwrap();

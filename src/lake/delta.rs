@@ -6,7 +6,10 @@
 //!
 //! - `add` / `remove` for the files that came and went (with `numRecords`),
 //! - `metaData` (and `protocol`) when the table is created or its schema changes,
-//! - a `txn` action, app id `sluice`, whose version is the table's commit count,
+//! - a `txn` action, app id `sluice`, whose version is the table's commit count
+//!   (a commit whose PUT was retried after its answer was lost finds itself by
+//!   it, with the same run and commit time, and counts as done, not as a
+//!   conflict),
 //! - and, in the `commitInfo` of the same JSON file, the table's **position**
 //!   under the key `sluice`: watermark and seen rows, the change stream's resume
 //!   token, the schema history, the days pending for ClickHouse.
@@ -534,6 +537,24 @@ pub(super) async fn commit(
     let finalized = match result {
         Ok(f) => f,
         Err(e) if conflict(&e) => {
+            // A PUT retried after its response was lost finds its own commit
+            // in place: the same `txn` version and position, so it landed.
+            if let Ok((now, snapshot)) =
+                read(Arc::clone(&log), store, log_dir, table, At::Latest).await
+            {
+                let txn = snapshot
+                    .state
+                    .transaction_version(log.as_ref(), APP_ID)
+                    .await
+                    .ok()
+                    .flatten();
+                if txn == Some(manifest.version as i64)
+                    && now.run_id == manifest.run_id
+                    && now.committed_at == manifest.committed_at
+                {
+                    return Ok(snapshot);
+                }
+            }
             let read = match committed.version() {
                 Some(v) => format!("Delta version {v}"),
                 None => "no Delta table yet".into(),
