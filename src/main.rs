@@ -210,6 +210,13 @@ enum StateCommand {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Convert the lake tables still in the format before Delta (`_manifest.json`)
+    /// into Delta tables now, without a run (a table's next run would).
+    Upgrade {
+        /// The pipeline file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Start a table over: empty its manifest and delete its files, so the next
     /// run reloads it from the source (asks first on a terminal).
     Reset {
@@ -397,6 +404,20 @@ async fn dispatch(command: Command) -> Result<(), Error> {
             let (config, base) = Config::load(&config)?;
             let lake = sluice::lake::Lake::open(&config.lake, &base)?;
             print!("{}", redact(&sluice::state::show(&config, &lake).await?));
+            Ok(())
+        }
+        Command::State {
+            command: StateCommand::Upgrade { config },
+        } => {
+            let (config, base) = Config::load(&config)?;
+            let lake = sluice::lake::Lake::open(&config.lake, &base)?;
+            let id = format!("state-upgrade-{}", std::process::id());
+            let converted = sluice::state::upgrade(&config, &base, &lake, &id).await?;
+            if converted.is_empty() {
+                println!("every lake table is a Delta table already");
+            } else {
+                println!("converted to Delta: {}", converted.join(", "));
+            }
             Ok(())
         }
         Command::State {

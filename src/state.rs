@@ -215,6 +215,45 @@ pub async fn reset_plan(config: &Config, lake: &Lake, table: &str) -> Result<Res
 ///
 /// Snapshot tables lose their manifests (the table and its `_current` state) and
 /// their document schema, which the next run infers again.
+/// Converts every lake table of `config` (its tables, their `_current` twins,
+/// its models) still in the manifest format into a Delta table, each under its
+/// table's lock, without reading a source; returns the tables converted.
+pub async fn upgrade(
+    config: &Config,
+    base: &std::path::Path,
+    lake: &Lake,
+    run_id: &str,
+) -> Result<Vec<String>> {
+    let mut converted = Vec::new();
+    let mut groups: Vec<(String, Vec<String>)> = config
+        .tables
+        .iter()
+        .map(|t| (t.name.clone(), lake_tables(t)))
+        .collect();
+    for model in crate::config::models::model_names(config, base)? {
+        groups.push((model.clone(), vec![model]));
+    }
+    for (lock_name, names) in groups {
+        let lock = TableLock::acquire(lake, &lock_name, run_id).await?;
+        let mut outcome = Ok(());
+        for name in &names {
+            match lake.upgrade(name).await {
+                Ok(true) => converted.push(name.clone()),
+                Ok(false) => {}
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = lock.release().await {
+            tracing::warn!(table = %lock_name, error = %e, "Could not release the table lock.");
+        }
+        outcome?;
+    }
+    Ok(converted)
+}
+
 pub async fn reset(config: &Config, lake: &Lake, table: &str, run_id: &str) -> Result<ResetPlan> {
     let t = table_config(config, table)?;
     let lock = TableLock::acquire(lake, table, run_id).await?;

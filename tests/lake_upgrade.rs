@@ -183,3 +183,60 @@ async fn a_manifest_lake_becomes_a_delta_lake_without_reading_the_source_again()
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "70 70");
     pg.drop().await;
 }
+
+/// `sluice state upgrade` converts the same lake without a run, and says so;
+/// a second time it has nothing to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn state_upgrade_converts_without_a_run() {
+    let name = unique("upgrade_verb");
+    let pg = PgDb::create(&name).await;
+    pg.exec(
+        "CREATE TABLE events (id bigint PRIMARY KEY, created_at timestamptz NOT NULL,
+                              updated_at timestamptz NOT NULL, note text);
+         INSERT INTO events SELECT g, TIMESTAMPTZ '2026-11-20 00:00:00+00' + g * interval '1 hour',
+                                   TIMESTAMPTZ '2026-11-25 00:00:00+00', 'v1'
+         FROM generate_series(1, 30) g;",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let cfg = write_config(&dir, &config(&lake, &pg.url));
+    tokio::task::block_in_place(|| sluice_run_ok(&cfg));
+    make_legacy(&lake);
+    let table = lake.join("events");
+    let before = table_state(lake.to_str().unwrap(), "events").await;
+
+    let upgrade = || {
+        let out = sluice(
+            &["state", "upgrade", "--config", cfg.to_str().unwrap()],
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        tokio::task::block_in_place(upgrade),
+        "converted to Delta: events\n"
+    );
+    assert!(table.join("_delta_log").is_dir());
+    assert!(!table.join("_manifest.json").exists());
+    let after = table_state(lake.to_str().unwrap(), "events").await;
+    assert_eq!(
+        after["watermark"], before["watermark"],
+        "the position carries over"
+    );
+    assert_eq!(after["partitions"], before["partitions"], "the same files");
+    assert_eq!(
+        tokio::task::block_in_place(|| query(&cfg, "SELECT count(*) AS n FROM events")),
+        "n\n30\n"
+    );
+    assert_eq!(
+        tokio::task::block_in_place(upgrade),
+        "every lake table is a Delta table already\n"
+    );
+    pg.drop().await;
+}

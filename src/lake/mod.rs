@@ -303,6 +303,25 @@ impl Lake {
         }
     }
 
+    /// Converts `table` from the manifest format to a Delta table now, without
+    /// a run: its next commit would. `false` when there was nothing to convert.
+    pub async fn upgrade(&self, table: &str) -> Result<bool> {
+        let Some(manifest) = self.read_manifest(table).await? else {
+            return Ok(false);
+        };
+        let legacy = matches!(
+            self.versions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(table),
+            Some(Committed::Legacy)
+        );
+        if legacy {
+            self.write_manifest(&manifest).await?;
+        }
+        Ok(legacy)
+    }
+
     fn remember(&self, table: &str, version: Committed) {
         self.versions
             .lock()
