@@ -67,26 +67,6 @@ fn retention(days: u32) -> String {
     format!("interval {days} days")
 }
 
-/// The files that versions of the table removed and that are still kept for
-/// reading older versions: path → when removed (milliseconds since the epoch).
-pub(super) async fn removed(
-    log: &LogStoreRef,
-    snapshot: &Snapshot,
-    table: &str,
-) -> Result<BTreeMap<String, i64>> {
-    use futures::TryStreamExt;
-    let mut removed = BTreeMap::new();
-    let mut tombstones = snapshot.state.all_tombstones(log.as_ref());
-    while let Some(t) = tombstones
-        .try_next()
-        .await
-        .map_err(|e| delta_error(table, "listing removed files", e))?
-    {
-        removed.insert(t.path().to_string(), t.deletion_timestamp().unwrap_or(0));
-    }
-    Ok(removed)
-}
-
 /// How far back a reader looks for the newest commit that carries sluice's
 /// position (commits by other tools, such as a `VACUUM`, carry none).
 const POSITION_LOOKBACK: u64 = 100;
@@ -338,6 +318,26 @@ async fn read_position(
         "table {table}: {log_dir} is a Delta table that sluice did not write (no commit from version {oldest} to {version} \
          holds sluice's position); point the table at another folder or remove this one"
     )))
+}
+
+/// The files that versions of the table removed and that are still kept for
+/// reading older versions: path → when removed (milliseconds since the epoch).
+pub(super) async fn removed(
+    log: &LogStoreRef,
+    snapshot: &Snapshot,
+    table: &str,
+) -> Result<BTreeMap<String, i64>> {
+    use futures::TryStreamExt;
+    let mut removed = BTreeMap::new();
+    let mut tombstones = snapshot.state.all_tombstones(log.as_ref());
+    while let Some(t) = tombstones
+        .try_next()
+        .await
+        .map_err(|e| delta_error(table, "listing removed files", e))?
+    {
+        removed.insert(t.path().to_string(), t.deletion_timestamp().unwrap_or(0));
+    }
+    Ok(removed)
 }
 
 /// What sluice keeps in a commit's `commitInfo`: the manifest without its file

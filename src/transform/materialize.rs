@@ -26,7 +26,7 @@ use crate::lake::Lake;
 
 /// The partition name of an unpartitioned model (its folder, and the ClickHouse
 /// partition ID of a table without `PARTITION BY`).
-pub const WHOLE_TABLE: &str = crate::warehouse::ddl::UNPARTITIONED;
+pub use crate::lake::delta::WHOLE_TABLE;
 
 /// The driver's commit, by the run that `next` names.
 pub(super) async fn commit(lake: &Lake, next: &mut Manifest) -> Result<()> {
