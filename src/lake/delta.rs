@@ -272,20 +272,6 @@ pub(super) async fn read(
     Ok((manifest, snapshot))
 }
 
-/// The position of the table's latest version (for an error message).
-async fn read_current(
-    log: LogStoreRef,
-    store: &Arc<dyn ObjectStore>,
-    log_dir: &Path,
-    table: &str,
-) -> Result<Manifest> {
-    let version = log
-        .get_latest_version(0)
-        .await
-        .map_err(|e| delta_error(table, "reading the Delta log", e))?;
-    read_position(store, log_dir, table, version as u64).await
-}
-
 /// The position sluice committed with the newest version at or below `version`
 /// that has one.
 async fn read_position(
@@ -537,31 +523,31 @@ pub(super) async fn commit(
     let finalized = match result {
         Ok(f) => f,
         Err(e) if conflict(&e) => {
-            // A PUT retried after its response was lost finds its own commit
-            // in place: the same `txn` version and position, so it landed.
-            if let Ok((now, snapshot)) =
-                read(Arc::clone(&log), store, log_dir, table, At::Latest).await
-            {
-                let txn = snapshot
-                    .state
-                    .transaction_version(log.as_ref(), APP_ID)
-                    .await
-                    .ok()
-                    .flatten();
-                if txn == Some(manifest.version as i64)
-                    && now.run_id == manifest.run_id
-                    && now.committed_at == manifest.committed_at
-                {
-                    return Ok(snapshot);
+            // One read of the log serves both questions: did this very commit
+            // land (a PUT retried after its answer was lost finds itself by the
+            // same `txn` version and position), and what is the table now.
+            let latest = read(Arc::clone(&log), store, log_dir, table, At::Latest).await;
+            let now = match &latest {
+                Ok((now, snapshot)) => {
+                    let txn = snapshot
+                        .state
+                        .transaction_version(log.as_ref(), APP_ID)
+                        .await
+                        .ok()
+                        .flatten();
+                    if txn == Some(manifest.version as i64)
+                        && now.run_id == manifest.run_id
+                        && now.committed_at == manifest.committed_at
+                    {
+                        return latest.map(|(_, snapshot)| snapshot);
+                    }
+                    format!("it is now version {} of run {}", now.version, now.run_id)
                 }
-            }
+                Err(_) => "another writer committed first".into(),
+            };
             let read = match committed.version() {
                 Some(v) => format!("Delta version {v}"),
                 None => "no Delta table yet".into(),
-            };
-            let now = match read_current(log, store, log_dir, table).await {
-                Ok(m) => format!("it is now version {} of run {}", m.version, m.run_id),
-                Err(_) => "another writer committed first".into(),
             };
             return Err(Error::CommitConflict {
                 table: table.to_string(),
