@@ -13,22 +13,11 @@ use sluice::lake::manifest::Manifest;
 use sluice::lake::Lake;
 
 fn local_lake(dir: &std::path::Path) -> Lake {
-    let config: sluice::config::LakeConfig =
-        toml::from_str(&format!("url = {:?}", dir.display().to_string())).unwrap();
-    Lake::open(&config, dir).unwrap()
+    open_lake(dir.to_str().unwrap())
 }
 
 fn s3_lake(prefix: &str) -> Lake {
-    // Lake::open reads the AWS_* variables: set once, before any handle opens.
-    static ENV: std::sync::Once = std::sync::Once::new();
-    ENV.call_once(|| {
-        for (k, v) in s3_env() {
-            std::env::set_var(k, v);
-        }
-    });
-    let config: sluice::config::LakeConfig =
-        toml::from_str(&format!("url = \"s3://{}/{prefix}\"", s3_bucket())).unwrap();
-    Lake::open(&config, std::path::Path::new(".")).unwrap()
+    open_lake(&format!("s3://{}/{prefix}", s3_bucket()))
 }
 
 fn manifest(table: &str, version: u64, run: &str) -> Manifest {

@@ -83,23 +83,39 @@ fn make_legacy(lake: &Path) {
     .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_manifest_lake_becomes_a_delta_lake_without_reading_the_source_again() {
-    let name = unique("upgrade");
+/// A PostgreSQL table `events` of `rows` rows (one an hour from 2026-11-20,
+/// all updated 2026-11-25), loaded by a run into a local lake that is then
+/// turned into the previous release's format.
+async fn legacy_lake(
+    test: &str,
+    rows: u32,
+) -> (
+    PgDb,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let name = unique(test);
     let pg = PgDb::create(&name).await;
-    pg.exec(
+    pg.exec(&format!(
         "CREATE TABLE events (id bigint PRIMARY KEY, created_at timestamptz NOT NULL,
                               updated_at timestamptz NOT NULL, note text);
          INSERT INTO events SELECT g, TIMESTAMPTZ '2026-11-20 00:00:00+00' + g * interval '1 hour',
                                    TIMESTAMPTZ '2026-11-25 00:00:00+00', 'v1'
-         FROM generate_series(1, 60) g;",
-    )
+         FROM generate_series(1, {rows}) g;"
+    ))
     .await;
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
     let cfg = write_config(&dir, &config(&lake, &pg.url));
     tokio::task::block_in_place(|| sluice_run_ok(&cfg));
     make_legacy(&lake);
+    (pg, dir, lake, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_lake_becomes_a_delta_lake_without_reading_the_source_again() {
+    let (pg, _dir, lake, cfg) = legacy_lake("upgrade", 60).await;
     let table = lake.join("events");
     assert!(table.join("_manifest.json").exists());
 
@@ -188,21 +204,7 @@ async fn a_manifest_lake_becomes_a_delta_lake_without_reading_the_source_again()
 /// a second time it has nothing to do.
 #[tokio::test(flavor = "multi_thread")]
 async fn state_upgrade_converts_without_a_run() {
-    let name = unique("upgrade_verb");
-    let pg = PgDb::create(&name).await;
-    pg.exec(
-        "CREATE TABLE events (id bigint PRIMARY KEY, created_at timestamptz NOT NULL,
-                              updated_at timestamptz NOT NULL, note text);
-         INSERT INTO events SELECT g, TIMESTAMPTZ '2026-11-20 00:00:00+00' + g * interval '1 hour',
-                                   TIMESTAMPTZ '2026-11-25 00:00:00+00', 'v1'
-         FROM generate_series(1, 30) g;",
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let lake = dir.path().join("lake");
-    let cfg = write_config(&dir, &config(&lake, &pg.url));
-    tokio::task::block_in_place(|| sluice_run_ok(&cfg));
-    make_legacy(&lake);
+    let (pg, _dir, lake, cfg) = legacy_lake("upgrade_verb", 30).await;
     let table = lake.join("events");
     let before = table_state(lake.to_str().unwrap(), "events").await;
 
